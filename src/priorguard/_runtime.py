@@ -1,0 +1,40 @@
+"""Process-wide JAX set-up, done once at an entry point (CLI, sweep worker), never on import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_DONE = False
+
+
+def configure(*, host_devices: int | None = None, cache_dir: str | Path | None = None) -> None:
+    """Sets float64, the host device count and the persistent compilation cache.
+
+    Must run before JAX is first used for the device count to take effect
+    (numpyro's parallel chains need one host device per chain).
+
+    Args:
+        host_devices: number of CPU devices to expose (default: CPU count, at most 8).
+        cache_dir: persistent compilation cache folder (default
+            ``$PRIORGUARD_CACHE`` or ``~/.cache/priorguard/jax``).
+    """
+    global _DONE
+    if _DONE:
+        return
+    n = host_devices or min(os.cpu_count() or 1, 8)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    cache = Path(cache_dir or os.environ.get("PRIORGUARD_CACHE", Path.home() / ".cache" / "priorguard" / "jax"))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except OSError:
+        pass  # a read-only home: run without the persistent cache
+    _DONE = True

@@ -1,0 +1,320 @@
+"""Kernel specs: base kernels with hyperpriors, sums and products, structure search.
+
+A kernel says which situations count as alike. Every base kernel carries its
+hyperparameters as :class:`~priorguard.priors.distributions.Prior` (or fixed
+numbers); those not given get the documented weakly informative defaults of
+:func:`default_prior`, resolved when the input dimension is known.
+
+Kernel inputs are the model's features scaled to [0, 1] by the ranges the
+environment declares, and targets are standardised, so the defaults below are
+on that scale.
+
+Example:
+    >>> k = parse_kernel({"kind": "sum", "terms": [{"kind": "matern52"}, {"kind": "linear"}]})
+    >>> [t.kind for t in k.terms]
+    ['matern52', 'linear']
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from priorguard.priors.distributions import Prior, Support, _fail, check_support
+from priorguard.priors.errors import allowed, did_you_mean
+
+STATIONARY = ("rbf", "matern12", "matern32", "matern52")
+BASE_KINDS = (*STATIONARY, "rational_quadratic", "periodic", "linear", "polynomial", "white")
+COMPOSITE_KINDS = ("sum", "product")
+KERNEL_KINDS = (*BASE_KINDS, *COMPOSITE_KINDS)
+
+#: The domain each kernel hyperparameter must live in.
+PARAM_SUPPORT: dict[str, Support] = {
+    "lengthscale": "positive",
+    "variance": "positive",
+    "alpha": "positive",
+    "period": "positive",
+    "shift": "nonnegative",
+}
+
+#: Hyperparameters of each base kernel (``lengthscale`` is per dimension with ARD).
+KERNEL_PARAMS: dict[str, tuple[str, ...]] = {
+    **{k: ("lengthscale", "variance") for k in STATIONARY},
+    "rational_quadratic": ("lengthscale", "variance", "alpha"),
+    "periodic": ("lengthscale", "variance", "period"),
+    "linear": ("variance",),
+    "polynomial": ("variance", "shift"),
+    "white": ("variance",),
+}
+
+ParamValue = Annotated[Union[float, Prior], Field(union_mode="left_to_right")]
+
+
+def default_prior(param: str, dim: int) -> Prior:
+    """The weakly informative default prior of a kernel hyperparameter.
+
+    Lengthscales follow BoTorch's dimension-scaled prior (Hvarfner et al.,
+    2024): ``LogNormal(sqrt(2) + log(dim) / 2, sqrt(3))``, so the prior median
+    lengthscale grows like sqrt(dim) on unit-cube inputs and high-dimensional
+    models are not forced to be wiggly.
+
+    Args:
+        param: hyperparameter name (``lengthscale``, ``variance``, ``alpha``,
+            ``period``, ``shift``, ``noise``).
+        dim: number of input dimensions the kernel sees.
+
+    Returns:
+        The default :class:`Prior`.
+
+    Example:
+        >>> default_prior("lengthscale", 1).describe()
+        'LogNormal(loc=1.41421, scale=1.73205)'
+    """
+    if param == "lengthscale":
+        return Prior(dist="LogNormal", params={"loc": math.sqrt(2.0) + 0.5 * math.log(max(dim, 1)),
+                                               "scale": math.sqrt(3.0)})
+    if param in ("variance", "alpha"):
+        return Prior(dist="LogNormal", params={"loc": 0.0, "scale": 1.0})
+    if param == "period":
+        return Prior(dist="LogNormal", params={"loc": math.log(0.5), "scale": 0.5})
+    if param == "shift":
+        return Prior(dist="HalfNormal", params={"scale": 1.0})
+    if param == "noise":
+        return Prior(dist="LogNormal", params={"loc": -2.0, "scale": 1.0})
+    raise KeyError(param)
+
+
+class _KernelBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    #: Feature names (or column indices into the model's features) this kernel sees;
+    #: None means all of them.
+    active_dims: list[str | int] | None = None
+
+    @model_validator(mode="after")
+    def _check_supports(self) -> Any:
+        for name in KERNEL_PARAMS.get(getattr(self, "kind", ""), ()):
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            problem = check_support(value, PARAM_SUPPORT[name], path=name)
+            if problem:
+                raise _fail("prior_support", problem, param=name)
+        return self
+
+    @field_validator("active_dims")
+    @classmethod
+    def _nonempty_dims(cls, v: list[str | int] | None) -> list[str | int] | None:
+        if v is not None:
+            if not v:
+                raise _fail("empty", "must name at least one feature, or be left out to use all")
+            if len(set(map(str, v))) != len(v):
+                raise _fail("duplicates", f"has duplicates: {v}")
+            for d in v:
+                if isinstance(d, int) and d < 0:
+                    raise _fail("range", f"column indices must be >= 0, got {d}")
+        return v
+
+    def prior_of(self, param: str, dim: int) -> Prior | float:
+        """The declared prior of ``param``, or its default for ``dim`` inputs."""
+        value = getattr(self, param, None)
+        return default_prior(param, dim) if value is None else value
+
+
+class StationaryKernel(_KernelBase):
+    """RBF and Matern kernels: ``variance * k(|x - x'| / lengthscale)``."""
+
+    kind: Literal["rbf", "matern12", "matern32", "matern52"]
+    lengthscale: ParamValue | None = None
+    variance: ParamValue | None = None
+    #: One lengthscale per input dimension (automatic relevance determination).
+    ard: bool = True
+
+
+class RationalQuadraticKernel(_KernelBase):
+    """Scale mixture of RBFs: ``variance * (1 + r^2 / (2 alpha))^-alpha``."""
+
+    kind: Literal["rational_quadratic"]
+    lengthscale: ParamValue | None = None
+    variance: ParamValue | None = None
+    alpha: ParamValue | None = None
+    ard: bool = True
+
+
+class PeriodicKernel(_KernelBase):
+    """Exactly repeating structure with a period."""
+
+    kind: Literal["periodic"]
+    lengthscale: ParamValue | None = None
+    variance: ParamValue | None = None
+    period: ParamValue | None = None
+    ard: bool = True
+
+
+class LinearKernel(_KernelBase):
+    """``variance * x . x'`` — Bayesian linear regression."""
+
+    kind: Literal["linear"]
+    variance: ParamValue | None = None
+
+
+class PolynomialKernel(_KernelBase):
+    """``(shift + variance * x . x') ** degree``."""
+
+    kind: Literal["polynomial"]
+    degree: int = Field(default=2, ge=1, le=10)
+    variance: ParamValue | None = None
+    shift: ParamValue | None = None
+
+
+class WhiteKernel(_KernelBase):
+    """Independent noise on the diagonal."""
+
+    kind: Literal["white"]
+    variance: ParamValue | None = None
+
+
+class CompositeKernel(BaseModel):
+    """Sum or product of kernels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["sum", "product"]
+    terms: list[KernelSpec] = Field(min_length=2)
+
+
+class StructureSearch(BaseModel):
+    """A prior over kernel structures (the simplicity prior).
+
+    Structures are sums of products of base kernels drawn from ``search``,
+    with at most ``max_terms`` base kernels in all;
+    ``p(structure) ∝ exp(-simplicity * DL(structure)) * cost(structure) ** -speed``
+    where DL is the description length in nats and cost the flops per kernel
+    entry (see docs/priors.md and :mod:`priorguard.priors.structure`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    search: list[str] = Field(min_length=1)
+    max_terms: int = Field(default=2, ge=1, le=4)
+    simplicity: float = Field(default=1.0, ge=0.0)
+    speed: float = Field(default=0.0, ge=0.0)
+    operators: list[Literal["sum", "product"]] = Field(default_factory=lambda: ["sum", "product"], min_length=1)
+    #: Evidence approximation for the structure posterior.
+    evidence: Literal["laplace", "bic"] = "laplace"
+    ard: bool = True
+
+    @field_validator("search")
+    @classmethod
+    def _known_kinds(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in BASE_KINDS:
+                raise _fail(
+                    "unknown_kernel",
+                    f"unknown base kernel {name!r}{did_you_mean(name, BASE_KINDS)}; allowed: {allowed(BASE_KINDS)}",
+                )
+        if len(set(v)) != len(v):
+            raise _fail("duplicates", f"lists a kernel twice: {v}")
+        return v
+
+
+_BASE_CLASSES: dict[str, type[_KernelBase]] = {
+    **{k: StationaryKernel for k in STATIONARY},
+    "rational_quadratic": RationalQuadraticKernel,
+    "periodic": PeriodicKernel,
+    "linear": LinearKernel,
+    "polynomial": PolynomialKernel,
+    "white": WhiteKernel,
+}
+
+
+def _kernel_tag(v: Any) -> str | None:
+    if isinstance(v, dict):
+        if "search" in v:
+            return "kernel:search"
+        kind = v.get("kind")
+        if kind is None:
+            return None
+        if kind in _BASE_CLASSES:
+            return f"kernel:{_BASE_CLASSES[kind].__name__}"
+        if kind in COMPOSITE_KINDS:
+            return "kernel:composite"
+        return str(kind)
+    if isinstance(v, StructureSearch):
+        return "kernel:search"
+    if isinstance(v, CompositeKernel):
+        return "kernel:composite"
+    if isinstance(v, _KernelBase):
+        return f"kernel:{type(v).__name__}"
+    return None
+
+
+KernelSpec = Annotated[
+    Union[
+        Annotated[StationaryKernel, Tag("kernel:StationaryKernel")],
+        Annotated[RationalQuadraticKernel, Tag("kernel:RationalQuadraticKernel")],
+        Annotated[PeriodicKernel, Tag("kernel:PeriodicKernel")],
+        Annotated[LinearKernel, Tag("kernel:LinearKernel")],
+        Annotated[PolynomialKernel, Tag("kernel:PolynomialKernel")],
+        Annotated[WhiteKernel, Tag("kernel:WhiteKernel")],
+        Annotated[CompositeKernel, Tag("kernel:composite")],
+    ],
+    Discriminator(
+        _kernel_tag,
+        custom_error_type="unknown_kernel",
+        custom_error_message="kernel needs `kind`, one of " + ", ".join(KERNEL_KINDS),
+    ),
+]
+
+KernelOrSearch = Annotated[
+    Union[KernelSpec, Annotated[StructureSearch, Tag("kernel:search")]],
+    Discriminator(
+        lambda v: "kernel:search" if _kernel_tag(v) == "kernel:search" else "kernel:fixed",
+    ),
+]
+# The outer union needs the fixed branch tagged as a whole.
+KernelOrSearch = Annotated[
+    Union[Annotated[KernelSpec, Tag("kernel:fixed")], Annotated[StructureSearch, Tag("kernel:search")]],
+    Discriminator(lambda v: "kernel:search" if _kernel_tag(v) == "kernel:search" else "kernel:fixed"),
+]
+
+CompositeKernel.model_rebuild()
+_KERNEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(KernelOrSearch)
+
+
+def parse_kernel(data: Any) -> Any:
+    """Validates a kernel table (base, composite or structure search)."""
+    return _KERNEL_ADAPTER.validate_python(data)
+
+
+def base_kernels(kernel: Any) -> list[_KernelBase]:
+    """The base kernels of a (possibly composite) kernel, depth first."""
+    if isinstance(kernel, CompositeKernel):
+        return [leaf for term in kernel.terms for leaf in base_kernels(term)]
+    if isinstance(kernel, _KernelBase):
+        return [kernel]
+    raise TypeError(f"not a fixed kernel: {type(kernel).__name__}")
+
+
+def describe_kernel(kernel: Any) -> str:
+    """A compact expression, e.g. ``matern52 + linear``."""
+    if isinstance(kernel, CompositeKernel):
+        op = " + " if kernel.kind == "sum" else " * "
+        parts = [describe_kernel(t) for t in kernel.terms]
+        if kernel.kind == "product":
+            parts = [f"({p})" if " + " in p else p for p in parts]
+        return op.join(parts)
+    if isinstance(kernel, StructureSearch):
+        return f"search({', '.join(kernel.search)}; max_terms={kernel.max_terms})"
+    return kernel.kind
