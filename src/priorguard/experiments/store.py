@@ -1,0 +1,240 @@
+"""Result store: one folder per run, written atomically, indexed in SQLite.
+
+Layout under the store root::
+
+    index.sqlite            run id, experiment, seed, overrides, status, metrics, timings
+    runs/<run_id>/          spec.toml, metrics.json, *.nc (DataTrees), *.png, calibration.json
+    tmp/                    runs being written (renamed into runs/ when complete)
+
+A run folder appears under ``runs/`` only by an atomic rename of a complete
+folder, so a folder there is always whole; the index is reconciled from the
+folders on open, so a store killed at any moment resumes without losing or
+duplicating a finished run. Results are data (TOML, JSON, netCDF, PNG): never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    env        TEXT NOT NULL,
+    seed       INTEGER NOT NULL,
+    overrides  TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    metrics    TEXT,
+    error      TEXT,
+    started    REAL,
+    finished   REAL
+);
+"""
+
+
+def run_id_for(spec_dict: Mapping[str, Any], seed: int, env_version: int | str) -> str:
+    """A run's id: a hash of the resolved spec (without seeds and sweep), seed and env version."""
+    body = {k: v for k, v in spec_dict.items() if k not in ("seeds", "sweep", "description")}
+    text = json.dumps({"spec": body, "seed": seed, "env_version": env_version}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the index."""
+
+    run_id: str
+    experiment: str
+    env: str
+    seed: int
+    overrides: dict[str, Any]
+    status: str
+    metrics: dict[str, Any] | None
+    error: str | None
+    started: float | None
+    finished: float | None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+class ResultStore:
+    """A folder of runs with a SQLite index.
+
+    Args:
+        root: the store folder (created if missing).
+
+    Example:
+        >>> import tempfile
+        >>> store = ResultStore(tempfile.mkdtemp())
+        >>> with store.writing("abc") as folder:
+        ...     _ = (folder / "metrics.json").write_text("{}")
+        >>> store.is_done("abc")
+        True
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+        self.tmp_dir = self.root / "tmp"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.root / "index.sqlite"
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.index_path, timeout=60.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # --- folders ---------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def is_done(self, run_id: str) -> bool:
+        """A run is done exactly when its complete folder is in ``runs/``."""
+        return (self.run_dir(run_id) / "metrics.json").is_file()
+
+    @contextmanager
+    def writing(self, run_id: str) -> Iterator[Path]:
+        """A temporary folder that becomes ``runs/<run_id>`` atomically on success.
+
+        On an exception the temporary folder is removed and nothing appears.
+        """
+        tmp = self.tmp_dir / f"{run_id}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            final = self.run_dir(run_id)
+            if final.exists():  # a duplicate finisher: keep the first, complete one
+                shutil.rmtree(tmp)
+            else:
+                os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # --- index -----------------------------------------------------------------
+
+    def register(self, run_id: str, *, experiment: str, env: str, seed: int, overrides: Mapping[str, Any]) -> None:
+        """Adds a pending run (no-op when the run is already indexed)."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs (run_id, experiment, env, seed, overrides, status)"
+                " VALUES (?, ?, ?, ?, ?, 'pending')",
+                (run_id, experiment, env, seed, json.dumps(dict(overrides), sort_keys=True, default=str)),
+            )
+
+    def mark_running(self, run_id: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET status='running', started=?, error=NULL WHERE run_id=?",
+                       (time.time(), run_id))
+
+    def mark_done(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET status='done', metrics=?, finished=?, error=NULL WHERE run_id=?",
+                       (json.dumps(dict(metrics), sort_keys=True, default=_json_default), time.time(), run_id))
+
+    def mark_failed(self, run_id: str, error: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE run_id=?",
+                       (error, time.time(), run_id))
+
+    def reconcile(self) -> None:
+        """Brings the index in line with the folders after an interruption.
+
+        Complete folders are marked done (metrics read from them); runs marked
+        done or running without a folder go back to pending; stale temporary
+        folders are removed.
+        """
+        for tmp in self.tmp_dir.iterdir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        with self._db() as db:
+            rows = db.execute("SELECT run_id, status FROM runs").fetchall()
+        for run_id, status in rows:
+            done = self.is_done(run_id)
+            if done and status != "done":
+                metrics = json.loads((self.run_dir(run_id) / "metrics.json").read_text())
+                self.mark_done(run_id, metrics)
+            elif not done and status in ("done", "running"):
+                with self._db() as db:
+                    db.execute("UPDATE runs SET status='pending' WHERE run_id=?", (run_id,))
+
+    def records(self, *, experiment: str | None = None, status: str | None = None) -> list[RunRecord]:
+        """Index rows, optionally filtered, oldest first."""
+        query = "SELECT run_id, experiment, env, seed, overrides, status, metrics, error, started, finished FROM runs"
+        clauses, args = [], []
+        if experiment is not None:
+            clauses.append("experiment = ?")
+            args.append(experiment)
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY experiment, overrides, seed"
+        with self._db() as db:
+            rows = db.execute(query, args).fetchall()
+        return [
+            RunRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], json.loads(r[6]) if r[6] else None,
+                      r[7], r[8], r[9])
+            for r in rows
+        ]
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(obj)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON with numpy scalars/arrays converted; NaN written as null."""
+    text = json.dumps(_nan_to_none(data), indent=2, sort_keys=True, default=_json_default)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _nan_to_none(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj

@@ -1,0 +1,21 @@
+"""A stand-in run function for sweep tests: deterministic metrics, a little work, real files."""
+
+import json
+import os
+import time
+
+from priorguard.experiments.store import ResultStore, write_json
+
+
+def run(task):
+    if task.options.get("fail_seed") == task.seed:
+        raise RuntimeError(f"planned failure for seed {task.seed}")
+    time.sleep(task.options.get("sleep", 0.0))
+    metrics = {"seed": task.seed, "value": (task.seed * 7919) % 101 / 100.0,
+               "overrides": task.overrides, "pid": os.getpid()}
+    store = ResultStore(task.store_root)
+    with store.writing(task.run_id) as folder:
+        (folder / "spec.toml").write_text(task.spec_toml)
+        (folder / "series.json").write_text(json.dumps(list(range(2000))))
+        write_json(folder / "metrics.json", metrics)
+    return metrics
