@@ -445,6 +445,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 # --- turning pydantic errors into SpecIssues -------------------------------------------
 
+_SCALAR_TYPES = {"float_type", "float_parsing", "int_type", "int_parsing", "finite_number", "bool_type",
+                 "string_type", "literal_error"}
+
+_DISCRIMINATOR_KEYS = {"unknown_kernel": "kind", "unknown_model": "model", "unknown_method": "method",
+                       "unknown_simplicity": "kind"}
+
 _INTERNAL = re.compile(r"^(float|int|str|bool|none|list\[.*|dict\[.*|function-.*|literal\[.*|.*\[.*\].*)$")
 
 
@@ -500,7 +506,7 @@ def _class_at(loc: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
                 cls = {"gp": m.InstrumentalGP, "bnn": m.InstrumentalBNN}.get(kind)
             else:
                 cls = {"gp": m.GPModel, "bnn": m.BNNModel}.get(kind)
-        elif isinstance(part, int) or cls is None or _INTERNAL.match(str(part)):
+        elif isinstance(part, int) or cls is None or _INTERNAL.match(str(part)) or _is_tag(part):
             continue
         elif part in cls.model_fields:
             inner = _model_class_of(cls.model_fields[part].annotation)
@@ -510,11 +516,15 @@ def _class_at(loc: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
     return cls
 
 
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and ":" in part and part.split(":")[0] in {"kernel", "inference", "simplicity",
+                                                                             "model"}
+
+
 def _clean(loc: tuple[Any, ...]) -> list[Any]:
     out = []
     for part in loc:
-        if isinstance(part, str) and (":" in part and part.split(":")[0] in
-                                      {"kernel", "inference", "simplicity", "model"}):
+        if _is_tag(part):
             continue
         if isinstance(part, str) and _INTERNAL.match(part):
             continue
@@ -583,12 +593,27 @@ def _message(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
 def spec_error(err: ValidationError, data: Any, source: str | None = None) -> SpecError:
     """Turns a pydantic ``ValidationError`` into a :class:`SpecError` with clean paths."""
     grouped: dict[str, list[tuple[dict[str, Any], tuple[Any, ...]]]] = {}
-    for e in err.errors(include_url=False):
+    errors = err.errors(include_url=False)
+    paths = [_fmt_path(_clean(tuple(e["loc"]))) for e in errors]
+    kept = []
+    for i, e in enumerate(errors):
+        # A number-or-prior field fails in both union branches; when a table was written,
+        # the number branch's complaint is noise if the table branch said something.
+        if isinstance(e.get("input"), dict) and e["type"] in _SCALAR_TYPES and any(
+            j != i and errors[j]["type"] not in _SCALAR_TYPES and paths[j].startswith(paths[i])
+            for j in range(len(errors))
+        ):
+            continue
+        kept.append(e)
+    for e in kept:
         loc = tuple(e["loc"])
         parts = _clean(loc)
         param = (e.get("ctx") or {}).get("param")
         if param:
             parts = parts + [param]
+        key = _DISCRIMINATOR_KEYS.get(e["type"])
+        if key and isinstance(e.get("input"), dict) and key in e["input"]:
+            parts = parts + [key]
         grouped.setdefault(_fmt_path(parts), []).append((e, loc))
     issues = []
     for path, errs in grouped.items():

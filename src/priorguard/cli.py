@@ -1,0 +1,312 @@
+"""The ``priorguard`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from priorguard.priors.errors import SpecError
+
+app = typer.Typer(
+    name="priorguard",
+    help="Explicit priors for goal learning: validate specs, check priors, run planning experiments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+USER_ERROR = 2
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error[/]: {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USER_ERROR)
+
+
+def _spec_fail(e: SpecError) -> NoReturn:
+    where = f" {e.source}" if e.source else ""
+    err.print(f"[bold red]invalid spec[/]{where}:", highlight=False)
+    for issue in e.issues:
+        err.print(f"  [cyan]{issue.path}[/]: {issue.message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USER_ERROR)
+
+
+def _load(spec: str, overrides: list[str] | None = None):
+    from priorguard.priors.spec import load_spec, parse_override
+
+    try:
+        loaded = load_spec(spec)
+        if overrides:
+            loaded = loaded.with_overrides(dict(parse_override(o) for o in overrides), source=spec)
+        return loaded
+    except SpecError as e:
+        _spec_fail(e)
+
+
+@app.command()
+def validate(
+    spec: Annotated[str, typer.Argument(help="Spec file (TOML) or shipped experiment name.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Print the resolved spec with defaults.")] = False,
+) -> None:
+    """Validate a spec (and its sweep) without running anything."""
+    loaded = _load(spec, set_)
+    runs = len(loaded.expand())
+    out.print(f"[green]ok[/]: {loaded.name} ({loaded.env}); {runs} run(s) = "
+              f"{max(1, len(list(loaded.sweep_points())))} sweep point(s) x {len(loaded.seeds)} seed(s)")
+    if show:
+        out.print(loaded.to_toml(), highlight=False, markup=False)
+
+
+@app.command("list")
+def list_(
+    what: Annotated[str, typer.Argument(help="distributions | kernels | experiments | envs | all")] = "all",
+) -> None:
+    """List distributions, kernels, shipped experiments and environments."""
+    from priorguard.priors.distributions import distribution_names
+    from priorguard.priors.kernels import BASE_KINDS, COMPOSITE_KINDS, KERNEL_PARAMS
+
+    choices = ("distributions", "kernels", "experiments", "envs", "all")
+    if what not in choices:
+        from priorguard.priors.errors import did_you_mean
+
+        _fail(f"cannot list {what!r}{did_you_mean(what, choices)}; choose one of {', '.join(choices)}")
+    if what in ("kernels", "all"):
+        t = Table(title="kernels")
+        t.add_column("kind")
+        t.add_column("hyperparameters")
+        for k in BASE_KINDS:
+            t.add_row(k, ", ".join(KERNEL_PARAMS[k]))
+        for k in COMPOSITE_KINDS:
+            t.add_row(k, "terms = [kernel, ...]")
+        t.add_row("{ search = [...] }", "structure search: max_terms, simplicity, speed, operators, evidence")
+        out.print(t)
+    if what in ("experiments", "all"):
+        from priorguard.experiments.catalog import shipped_experiments
+
+        t = Table(title="shipped experiments")
+        t.add_column("name")
+        t.add_column("path")
+        for name, path in shipped_experiments().items():
+            t.add_row(name, str(path))
+        out.print(t)
+    if what in ("envs", "all"):
+        from priorguard.envs import env_info, list_envs
+
+        t = Table(title="environments")
+        for col in ("id", "actions", "features"):
+            t.add_column(col)
+        for env_id in list_envs():
+            info = env_info(env_id)
+            acts = (f"{info.num_actions} discrete" if info.action_kind == "discrete"
+                    else f"continuous, dim {len(info.action_low)}")
+            t.add_row(env_id, acts, ", ".join(info.feature_names))
+        out.print(t)
+    if what in ("distributions", "all"):
+        names = sorted(distribution_names())
+        out.print(f"[bold]distributions[/] ({len(names)}, numpyro's parameter names):")
+        out.print(", ".join(names), highlight=False)
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--out", help="Write the JSON Schema here.")] = None,
+) -> None:
+    """Print (or write) the JSON Schema of the experiment spec."""
+    from priorguard.priors.spec import ExperimentSpec
+
+    text = json.dumps(ExperimentSpec.model_json_schema(), indent=2, sort_keys=True)
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        out.print(f"wrote {output}")
+
+
+def _metrics_table(title: str, rows: list[tuple[str, dict]], keys: list[str]) -> Table:
+    t = Table(title=title)
+    t.add_column("run")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for name, metrics in rows:
+        t.add_row(name, *(_fmt(metrics.get(k)) for k in keys))
+    return t
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+HEADLINE = ["deploy_return", "oracle_return", "regret", "catastrophe_rate", "no_veto_catastrophe_rate",
+            "proposal_alone_regret", "veto_rate", "veto_precision", "veto_recall", "train_false_veto_rate",
+            "terminal_coverage90_train", "terminal_coverage90_deploy", "terminal_epistemic_auroc"]
+
+
+def _prepare_out(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} exists and is not a folder")
+
+
+@app.command()
+def run(
+    spec: Annotated[str, typer.Argument(help="Spec file (TOML) or shipped experiment name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Result store folder.")] = Path("runs"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Run only this seed.")] = None,
+    all_points: Annotated[bool, typer.Option("--sweep", help="Run every sweep point (default: the first).")] = False,
+) -> None:
+    """Run an experiment: fit T, W, I on the train split, plan on deploy, score against the truth."""
+    from priorguard._runtime import configure
+
+    loaded = _load(spec, set_)
+    _prepare_out(out_dir)
+    if seed is not None:
+        loaded = loaded.model_copy(update={"seeds": [seed]})
+    if not all_points and loaded.sweep:
+        first = next(loaded.sweep_points())
+        loaded = loaded.model_copy(update={"sweep": {}}).with_overrides(first)
+    configure()
+    _sweep_and_report(loaded, out_dir, workers=1, backend="local", address=None, progress=True)
+
+
+@app.command()
+def sweep(
+    spec: Annotated[str, typer.Argument(help="Spec file (TOML) or shipped experiment name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Result store folder.")] = Path("runs"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Parallel runs.")] = 1,
+    backend: Annotated[str, typer.Option("--backend", help="local | ray")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+) -> None:
+    """Run the spec's sweep grid x seeds; resumes where a previous sweep stopped."""
+    from priorguard._runtime import configure
+
+    if backend not in ("local", "ray"):
+        _fail(f"--backend must be 'local' or 'ray', got {backend!r}")
+    loaded = _load(spec, set_)
+    _prepare_out(out_dir)
+    configure()
+    _sweep_and_report(loaded, out_dir, workers=workers, backend=backend, address=address, progress=False)
+
+
+def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, address: str | None,
+                      progress: bool) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from priorguard.experiments.store import ResultStore
+    from priorguard.experiments.sweep import run_sweep, tasks_for
+
+    tasks = tasks_for(loaded, out_dir)
+    store = ResultStore(out_dir)
+    failures = 0
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        overall = bar.add_task(f"{loaded.name}: {len(tasks)} run(s)", total=len(tasks))
+
+        def on_event(kind, task, outcome):
+            nonlocal failures
+            label = f"seed={task.seed}" + "".join(f" {k}={v}" for k, v in task.overrides.items())
+            if kind == "skip":
+                bar.console.print(f"[dim]skip[/] {label} (already done: {task.run_id})", highlight=False)
+                bar.advance(overall)
+            elif kind == "start":
+                bar.update(overall, description=f"{loaded.name}: running {label}")
+            elif kind == "done":
+                bar.console.print(f"[green]done[/] {label} -> {store.run_dir(task.run_id)}", highlight=False)
+                bar.advance(overall)
+            else:
+                failures += 1
+                first = (outcome.error or "").splitlines()[0]
+                bar.console.print(f"[red]failed[/] {label}: {first}", highlight=False)
+                bar.advance(overall)
+
+        if progress and workers == 1 and backend == "local" and len(tasks) == 1:
+            # a single run in this process: show its steps on the bar
+            from priorguard.experiments import runner
+
+            task = tasks[0]
+            store.reconcile()
+            store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed,
+                           overrides=task.overrides)
+            if store.is_done(task.run_id):
+                on_event("skip", task, None)
+            else:
+                store.mark_running(task.run_id)
+                try:
+                    spec_one = loaded.model_copy(update={"sweep": {}})
+                    artifacts = runner.run_experiment(
+                        spec_one, task.seed,
+                        progress=lambda step: bar.update(overall, description=f"{loaded.name}: {step}"))
+                    with store.writing(task.run_id) as folder:
+                        runner.write_run(folder, spec_one, task.seed, task.overrides, artifacts)
+                    store.mark_done(task.run_id, artifacts.metrics)
+                    on_event("done", task, None)
+                except Exception as exc:  # reported, recorded, non-zero exit
+                    from priorguard.experiments.sweep import TaskOutcome
+
+                    store.mark_failed(task.run_id, f"{type(exc).__name__}: {exc}")
+                    on_event("failed", task, TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}"))
+        else:
+            run_sweep(tasks, store, workers=workers, backend=backend, address=address, on_event=on_event)
+    ids = {t.run_id for t in tasks}
+    rows = []
+    for rec in store.records(experiment=loaded.name):
+        if rec.run_id in ids and rec.metrics:
+            label = f"seed={rec.seed}" + "".join(f" {k}={v}" for k, v in rec.overrides.items())
+            rows.append((label, rec.metrics))
+    if rows:
+        out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, HEADLINE))
+    if failures:
+        err.print(f"[red]{failures} run(s) failed[/]; see `priorguard runs {out_dir} --status failed`")
+        raise typer.Exit(1)
+
+
+@app.command()
+def runs(
+    store_dir: Annotated[Path, typer.Argument(help="Result store folder.")] = Path("runs"),
+    experiment: Annotated[str | None, typer.Option("--experiment", help="Only this experiment.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="pending | running | done | failed")] = None,
+) -> None:
+    """List the runs in a result store."""
+    from priorguard.experiments.store import ResultStore
+
+    if not (store_dir / "index.sqlite").is_file():
+        _fail(f"{store_dir} is not a result store (no index.sqlite)")
+    if status is not None and status not in ("pending", "running", "done", "failed"):
+        _fail(f"--status must be pending, running, done or failed; got {status!r}")
+    store = ResultStore(store_dir)
+    t = Table(title=f"runs in {store_dir}")
+    for col in ("run_id", "experiment", "seed", "overrides", "status", "seconds", "regret", "catastrophes",
+                "error"):
+        t.add_column(col)
+    for rec in store.records(experiment=experiment, status=status):
+        m = rec.metrics or {}
+        t.add_row(rec.run_id, rec.experiment, str(rec.seed), json.dumps(rec.overrides), rec.status,
+                  _fmt(rec.seconds), _fmt(m.get("regret")), _fmt(m.get("catastrophe_rate")),
+                  (rec.error or "").splitlines()[0] if rec.error else "")
+    out.print(t)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except SpecError as e:  # raised past a command's own handling
+        try:
+            _spec_fail(e)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+
+
+if __name__ == "__main__":
+    main()

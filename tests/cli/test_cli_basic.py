@@ -1,0 +1,75 @@
+"""The CLI through a subprocess: validate, list, schema; bad input exits 2 without a traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "experiments" / "coin-shift.toml"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "priorguard.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_validate_shipped_spec():
+    r = cli("validate", SHIPPED)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout and "6 run(s)" in r.stdout
+
+
+def test_validate_by_name_with_show_round_trips(tmp_path):
+    r = cli("validate", "coin-shift", "--show")
+    assert r.returncode == 0, r.stderr
+    shown = r.stdout.split("\n", 1)[1]
+    (tmp_path / "again.toml").write_text(shown)
+    assert cli("validate", tmp_path / "again.toml").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('name = "x"\nenv = \n', "<toml>"),
+        (SHIPPED.read_text().replace('scale = 1.0 }\nvariance', 'scale = -1.0 }\nvariance'),
+         "terminal.kernel.lengthscale.scale: must be > 0, got -1.0"),
+        (SHIPPED.read_text().replace('kind = "rbf"', 'kind = "rbff"'), "did you mean 'rbf'"),
+    ],
+)
+def test_bad_spec_exits_2_with_path_and_no_traceback(tmp_path, text, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    r = cli("validate", path)
+    assert r.returncode == 2
+    assert fragment in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_bad_override_exits_2():
+    r = cli("validate", "coin-shift", "--set", "planner.veto.alhpa=0.1")
+    assert r.returncode == 2 and "did you mean 'alpha'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("validate", "coin-shift", "--set", "nonsense")
+    assert r.returncode == 2 and "path=value" in r.stderr
+
+
+def test_missing_spec_exits_2():
+    r = cli("validate", "coin-shfit")
+    assert r.returncode == 2 and "did you mean 'coin-shift'" in r.stderr
+
+
+def test_list_shows_kernels_distributions_envs_and_experiments():
+    r = cli("list")
+    assert r.returncode == 0, r.stderr
+    for word in ("matern52", "LogNormal", "coin-shift", "priorguard/CoinShift-v0"):
+        assert word in r.stdout
+    bad = cli("list", "kernals")
+    assert bad.returncode == 2 and "did you mean 'kernels'" in bad.stderr
+
+
+def test_schema_command_matches_committed_schema(tmp_path):
+    r = cli("schema", "--out", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads((ROOT / "docs" / "spec.schema.json").read_text())
