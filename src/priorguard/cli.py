@@ -66,6 +66,51 @@ def validate(
         out.print(loaded.to_toml(), highlight=False, markup=False)
 
 
+@app.command("prior-check")
+def prior_check(
+    spec: Annotated[str, typer.Argument(help="Spec file (TOML) or shipped experiment name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for netCDF DataTrees and PNG plots.")],
+    draws: Annotated[int, typer.Option("--draws", min=1, max=10_000, help="Prior draws per model.")] = 50,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="PRNG seed.")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+) -> None:
+    """Draw functions from each model's prior (T, W, I) and plot them, with structure/depth priors."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from priorguard._runtime import configure
+
+    loaded = _load(spec, set_)
+    _prepare_out(out_dir)
+    configure()
+    from priorguard.analysis.prior_check import write_prior_check
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(f"prior check {loaded.name}", total=None)
+        written = write_prior_check(loaded, out_dir, seed=seed, num_draws=draws,
+                                    on_step=lambda s: bar.update(task, description=f"prior check: {s}"))
+    out.print(f"[green]wrote[/] {len(written)} file(s) to {out_dir}:")
+    for path in written:
+        out.print(f"  {path}", highlight=False)
+
+
+@app.command()
+def report(
+    store_dir: Annotated[Path, typer.Argument(help="Result store folder.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder (default STORE/report).")] = None,
+) -> None:
+    """Write index.md and a self-contained index.html with plots for a result store."""
+    if not (store_dir / "index.sqlite").is_file():
+        _fail(f"{store_dir} is not a result store (no index.sqlite)")
+    from priorguard.analysis.report import build_report
+
+    try:
+        page = build_report(store_dir, out_dir or store_dir / "report")
+    except ValueError as e:
+        _fail(str(e))
+    out.print(f"[green]wrote[/] {page}")
+
+
 @app.command("list")
 def list_(
     what: Annotated[str, typer.Argument(help="distributions | kernels | experiments | envs | all")] = "all",

@@ -1,0 +1,270 @@
+"""Reports over a result store: how prior choice moves out-of-distribution goal generalisation.
+
+``build_report(store_dir, out_dir)`` writes ``index.md`` and a self-contained
+``index.html`` (PNG plots embedded) with, per sweep point (a prior choice),
+mean and 90% t-intervals over seeds of regret and catastrophe rate; veto rate
+and catastrophes against the calibrated threshold; coverage on train vs
+deploy; AUROC of epistemic uncertainty; diagnostics; and in-distribution LOO
+of T beside deploy regret (does LOO rank priors the way deployment does?).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from priorguard.experiments.store import ResultStore
+
+LEVEL = 0.9
+
+
+@dataclass
+class PointSummary:
+    """Runs of one experiment at one sweep point, summarised over seeds."""
+
+    experiment: str
+    label: str
+    seeds: list[int]
+    metrics: dict[str, list[float]]
+    loo: list[float]
+
+    def stat(self, key: str) -> tuple[float, float, float]:
+        """Mean and 90% t-interval over seeds (NaNs dropped)."""
+        return mean_interval(self.metrics.get(key, []))
+
+
+def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and a Student-t interval over seeds; the interval is the mean itself for one seed.
+
+    Example:
+        >>> m, lo, hi = mean_interval([1.0, 2.0, 3.0])
+        >>> round(m, 3), round(lo, 3), round(hi, 3)
+        (2.0, 0.314, 3.686)
+    """
+    from scipy.stats import t
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    if v.size == 0:
+        return (float("nan"),) * 3
+    m = float(v.mean())
+    if v.size < 2:
+        return m, m, m
+    half = float(t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return m, m - half, m + half
+
+
+def _label(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-2] + '.' if k.count('.') else ''}{k.split('.')[-1]}={v}"
+                     for k, v in overrides.items()) or "base"
+
+
+def _terminal_loo(run_dir: Path) -> float:
+    path = run_dir / "terminal.nc"
+    if not path.exists():
+        return float("nan")
+    try:
+        import arviz as az
+
+        from priorguard.analysis.diagnostics import read_datatree
+
+        dt = read_datatree(path)
+        if "log_likelihood" not in dt.children:
+            return float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(az.loo(dt).elpd)
+    except Exception:  # a posterior ArviZ cannot score: reported as missing
+        return float("nan")
+
+
+def summarise(store: ResultStore) -> list[PointSummary]:
+    """Done runs grouped by (experiment, sweep point)."""
+    groups: dict[tuple[str, str], PointSummary] = {}
+    for rec in store.records(status="done"):
+        key = (rec.experiment, json.dumps(rec.overrides, sort_keys=True))
+        point = groups.setdefault(key, PointSummary(rec.experiment, _label(rec.overrides), [],
+                                                    defaultdict(list), []))
+        point.seeds.append(rec.seed)
+        for k, v in (rec.metrics or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                point.metrics[k].append(float(v))
+            elif v is None:
+                point.metrics[k].append(float("nan"))
+        point.loo.append(_terminal_loo(store.run_dir(rec.run_id)))
+    return list(groups.values())
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bars(points: list[PointSummary], keys: list[tuple[str, str]], title: str, path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 0.45 * len(points) + 1.8), squeeze=False)
+    labels = [f"{p.experiment}: {p.label}" for p in points]
+    for ax, (key, name) in zip(axes[0], keys):
+        stats = [p.stat(key) for p in points]
+        means = [s[0] for s in stats]
+        err = np.array([[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]])
+        ax.barh(range(len(points)), means, xerr=np.nan_to_num(err), color="tab:blue", alpha=0.7, capsize=3)
+        ax.set_yticks(range(len(points)), labels if ax is axes[0][0] else [""] * len(points), fontsize=7)
+        ax.set_xlabel(name)
+    fig.suptitle(f"{title} (mean and 90% interval over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _scatter(points: list[PointSummary], xkey: str, ykey: str, xlabel: str, ylabel: str, title: str,
+             path: Path, *, x_from_loo: bool = False) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for p in points:
+        xs = p.loo if x_from_loo else p.metrics.get(xkey, [])
+        ys = p.metrics.get(ykey, [])
+        n = min(len(xs), len(ys))
+        ax.scatter(xs[:n], ys[:n], label=f"{p.experiment}: {p.label}", s=18)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if points:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+TABLE_KEYS = [
+    ("regret", "regret"), ("catastrophe_rate", "catastrophes"), ("no_veto_catastrophe_rate", "catastrophes (no veto)"),
+    ("proposal_alone_regret", "A alone regret"), ("veto_rate", "veto rate"), ("veto_precision", "veto precision"),
+    ("veto_recall", "veto recall"), ("train_false_veto_rate", "false vetoes (train)"),
+    ("terminal_coverage90_train", "T cov90 train"), ("terminal_coverage90_deploy", "T cov90 deploy"),
+    ("terminal_epistemic_auroc", "AUROC"),
+]
+DIAG_KEYS = ["terminal_rhat_max", "terminal_ess_bulk_min", "terminal_divergences", "world_rhat_max",
+             "world_ess_bulk_min", "world_divergences", "fit_terminal_s", "fit_world_s", "plan_deploy_s"]
+
+
+def _fmt(m: float, lo: float, hi: float) -> str:
+    if not math.isfinite(m):
+        return "–"
+    return f"{m:.3g}" if lo == hi else f"{m:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
+    """Writes ``index.md`` and ``index.html`` with plots into ``out_dir``; returns the HTML path.
+
+    Raises:
+        ValueError: the store has no finished runs.
+    """
+    store = ResultStore(store_dir)
+    points = summarise(store)
+    if not points:
+        raise ValueError(f"{store_dir} has no finished runs to report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "generalisation.png": "Prior choice vs out-of-distribution goal generalisation",
+        "veto.png": "Vetoes",
+        "coverage.png": "Calibration of T: 90% interval coverage, train vs deploy",
+        "auroc.png": "Epistemic uncertainty: AUROC for deploy vs train states",
+        "veto_threshold.png": "Catastrophes vs the calibrated veto threshold",
+        "loo_vs_deploy.png": "In-distribution LOO of T vs deploy regret",
+    }
+    _bars(points, [("regret", "regret (fraction of best)"), ("catastrophe_rate", "catastrophe rate")],
+          "Goal generalisation on the deploy split", out / "generalisation.png")
+    _bars(points, [("veto_rate", "veto rate"), ("no_veto_catastrophe_rate", "catastrophes without veto"),
+                   ("catastrophe_rate", "catastrophes with veto")], "Vetoes", out / "veto.png")
+    _bars(points, [("terminal_coverage90_train", "T 90% coverage, train"),
+                   ("terminal_coverage90_deploy", "T 90% coverage, deploy")], "Coverage", out / "coverage.png")
+    _bars(points, [("terminal_epistemic_auroc", "AUROC")], "Epistemic AUROC", out / "auroc.png")
+    _scatter(points, "veto_threshold", "catastrophe_rate", "calibrated epistemic-std threshold",
+             "catastrophe rate", plots["veto_threshold.png"], out / "veto_threshold.png")
+    _scatter(points, "", "regret", "ELPD-LOO of T (train split)", "deploy regret", plots["loo_vs_deploy.png"],
+             out / "loo_vs_deploy.png", x_from_loo=True)
+
+    head = ["experiment", "sweep point", "seeds", *(name for _, name in TABLE_KEYS), "T elpd-LOO"]
+    rows = []
+    for p in points:
+        loo = mean_interval(p.loo)
+        rows.append([p.experiment, p.label, str(len(p.seeds)), *(_fmt(*p.stat(k)) for k, _ in TABLE_KEYS),
+                     _fmt(*loo)])
+    loo_rank, deploy_rank = _ranks(points)
+    diag_head = ["experiment", "sweep point", *DIAG_KEYS]
+    diag_rows = [[p.experiment, p.label, *(_fmt(*p.stat(k)) for k in DIAG_KEYS)] for p in points]
+
+    md = [f"# priorguard report: {store_dir}", "",
+          f"{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
+          "Intervals are 90% Student-t intervals over seeds.", "", "## Metrics", "",
+          _md_table(head, rows), "", "## Does in-distribution LOO rank priors the way deployment does?", "",
+          _rank_sentence(points, loo_rank, deploy_rank), "", "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
+    for name, title in plots.items():
+        md += [f"## {title}", "", f"![{title}]({name})", ""]
+    (out / "index.md").write_text("\n".join(md), encoding="utf-8")
+
+    body = [f"<h1>priorguard report: {html.escape(str(store_dir))}</h1>",
+            f"<p>{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
+            "Intervals are 90% Student-t intervals over seeds.</p>", "<h2>Metrics</h2>", _html_table(head, rows),
+            "<h2>Does in-distribution LOO rank priors the way deployment does?</h2>",
+            f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank))}</p>",
+            "<h2>Diagnostics</h2>", _html_table(diag_head, diag_rows)]
+    for name, title in plots.items():
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        body += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>priorguard report</title><style>"
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
+            "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>"
+            + "\n".join(body) + "</body></html>")
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"
+
+
+def _ranks(points: list[PointSummary]) -> tuple[list[int], list[int]]:
+    loo = [mean_interval(p.loo)[0] for p in points]
+    regret = [p.stat("regret")[0] for p in points]
+    order_loo = sorted(range(len(points)), key=lambda i: -loo[i] if math.isfinite(loo[i]) else math.inf)
+    order_dep = sorted(range(len(points)), key=lambda i: regret[i] if math.isfinite(regret[i]) else math.inf)
+    return order_loo, order_dep
+
+
+def _rank_sentence(points: list[PointSummary], loo_rank: list[int], deploy_rank: list[int]) -> str:
+    if len(points) < 2:
+        return "One sweep point: nothing to rank."
+    from scipy.stats import spearmanr
+
+    loo = [mean_interval(p.loo)[0] for p in points]
+    regret = [p.stat("regret")[0] for p in points]
+    ok = [i for i in range(len(points)) if math.isfinite(loo[i]) and math.isfinite(regret[i])]
+    best_loo = f"{points[loo_rank[0]].experiment}: {points[loo_rank[0]].label}"
+    best_dep = f"{points[deploy_rank[0]].experiment}: {points[deploy_rank[0]].label}"
+    text = f"Best by in-distribution LOO: {best_loo}. Best on deploy (lowest regret): {best_dep}."
+    if len(ok) >= 3:
+        rho = spearmanr([-loo[i] for i in ok], [regret[i] for i in ok]).statistic
+        text += f" Spearman correlation of LOO rank and deploy rank: {rho:.2f}."
+    return text
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{trs}</table>"
