@@ -1,0 +1,280 @@
+"""Prior predictive checks: what each model believes before it sees data.
+
+For every role (T, W, I) of a spec this draws hyperparameters (or weights)
+from the declared priors and, from them, functions over the declared feature
+ranges: one-dimensional slices through the centre of the input box, one per
+feature. Structure and depth priors are reported as bar charts. Results are an
+ArviZ DataTree per role (groups ``prior``, ``prior_predictive``) written to
+netCDF, plus PNG plots.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from priorguard.priors.kernels import StructureSearch
+from priorguard.priors.models import BNNModel, GPModel
+from priorguard.priors.spec import ExperimentSpec
+from priorguard.priors.structure import depth_prior, structure_prior
+
+GRID = 64
+
+
+@dataclass
+class RolePrior:
+    """Prior draws of one role."""
+
+    role: str
+    feature_names: list[str]
+    ranges: list[tuple[float, float]]
+    grid: np.ndarray  # [G] in [0, 1]
+    latent: np.ndarray  # [S, F, G, O] function draws, standardised units
+    observed: np.ndarray  # [S, F, G, O] with observation noise
+    hyper: dict[str, np.ndarray]  # site -> [S, ...]
+    output_names: list[str]
+    bars: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+
+def _slices(dim: int, grid: np.ndarray) -> np.ndarray:
+    """``[F, G, D]`` inputs: feature f sweeps the grid, the others sit at 0.5."""
+    x = np.full((dim, grid.size, dim), 0.5)
+    for f in range(dim):
+        x[f, :, f] = grid
+    return x
+
+
+def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> RolePrior:
+    from numpyro.infer import Predictive
+
+    from priorguard.models import _gpjax as backend
+    from priorguard.models.gp import gp_model, theta_from_sites
+
+    bars = {}
+    kernel = spec.kernel
+    if isinstance(kernel, StructureSearch):
+        prior = structure_prior(kernel, len(names))
+        bars["structure"] = [(s.expression, p) for s, p in prior[:12]]
+        kernel = prior[0][0].to_kernel(ard=kernel.ard)
+    program = backend.compile_program(kernel, noise=spec.noise, mean=spec.mean, feature_names=names,
+                                      site_prefix=role)
+    k_hyper, k_f, k_eps = jax.random.split(key, 3)
+    draws = Predictive(lambda: gp_model(program), num_samples=n)(k_hyper)
+    theta = theta_from_sites(program, draws, (n,))
+    grid = np.linspace(0.0, 1.0, GRID)
+    x = jnp.asarray(_slices(len(names), grid))  # [F, G, D]
+
+    def one(theta_s, key_s):
+        def per_feature(xf, kf):
+            k = backend.gram(program.kernel, theta_s, xf, xf, same=True)
+            chol = jnp.linalg.cholesky(k + 1e-6 * (1.0 + jnp.mean(jnp.diag(k))) * jnp.eye(xf.shape[0]))
+            return chol @ jax.random.normal(kf, (xf.shape[0],)) + backend.mean_value(program, theta_s)
+
+        return jax.vmap(per_feature)(x, jax.random.split(key_s, x.shape[0]))
+
+    latent = np.asarray(jax.vmap(one)(theta, jax.random.split(k_f, n)))[..., None]  # [S, F, G, 1]
+    noise = np.asarray(theta[f"{role}/noise"]).reshape(n, 1, 1, 1)
+    observed = latent + noise * np.asarray(jax.random.normal(k_eps, latent.shape))
+    hyper = {k: np.asarray(v) for k, v in draws.items()}
+    return RolePrior(role, names, [], grid, latent, observed, hyper, ["value"], bars)
+
+
+def _bnn_prior(spec: BNNModel, role: str, names: list[str], out_names: list[str], key: Any, n: int) -> RolePrior:
+    from numpyro.infer import Predictive
+
+    from priorguard.models.bnn import _ACTIVATIONS, bnn_model
+
+    d, o = len(names), len(out_names)
+    bars = {}
+    depths = [len(spec.hidden)]
+    if spec.speed is not None:
+        prior = depth_prior(list(spec.hidden), in_dim=d, out_dim=o, max_depth=spec.speed.max_depth,
+                            strength=spec.speed.strength)
+        bars["depth"] = [(str(dd), p) for dd, p in prior]
+        depths = [dd for dd, _ in prior]
+        probs = np.asarray([p for _, p in prior])
+    else:
+        probs = np.ones(1)
+    grid = np.linspace(0.0, 1.0, GRID)
+    x = _slices(d, grid).reshape(-1, d)
+    k_depth, *keys = jax.random.split(key, len(depths) + 1)
+    choice = np.asarray(jax.random.choice(k_depth, len(depths), (n,), p=jnp.asarray(probs)))
+    latent = np.zeros((n, d, GRID, o))
+    observed = np.zeros_like(latent)
+    hyper: dict[str, np.ndarray] = {}
+    act = _ACTIVATIONS[spec.activation]
+    for j, (depth, k) in enumerate(zip(depths, keys)):
+        rows = np.flatnonzero(choice == j)
+        if rows.size == 0:
+            continue
+        model = bnn_model(spec, in_dim=d, out_dim=o, depth=depth, site_prefix=role)
+        draws = Predictive(model, num_samples=int(rows.size))(k, jnp.asarray(x))
+        h = jnp.broadcast_to(jnp.asarray(x), (rows.size, *x.shape))
+        for i in range(depth + 1):
+            h = jnp.einsum("snd,sde->sne", h, draws[f"{role}/layer{i}/w"]) + draws[f"{role}/layer{i}/b"][:, None, :]
+            if i < depth:
+                h = act(h)
+        latent[rows] = np.asarray(h).reshape(rows.size, d, GRID, o)
+        observed[rows] = np.asarray(draws[f"{role}/y"]).reshape(rows.size, d, GRID, o)
+        if len(depths) == 1:
+            hyper = {k2: np.asarray(v) for k2, v in draws.items()
+                     if not k2.endswith("/y") and np.asarray(v).size / rows.size <= 4096}
+    if len(depths) > 1:
+        hyper[f"{role}/depth"] = np.asarray([depths[c] for c in choice])
+    return RolePrior(role, names, [], grid, latent, observed, hyper, out_names, bars)
+
+
+def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
+                on_role: Callable[[str], None] | None = None) -> dict[str, RolePrior]:
+    """Prior function draws of every role of a spec.
+
+    Args:
+        spec: the experiment spec.
+        key: consumed; one subkey per role.
+        num_draws: S, draws per role.
+        on_role: called with each role's name as it starts (progress).
+
+    Returns:
+        role -> :class:`RolePrior`.
+    """
+    from priorguard.envs import env_info
+
+    info = env_info(spec.env)
+    features = list(info.feature_names)
+    roles = [r for r in ("terminal", "world", "instrumental") if getattr(spec, r) is not None]
+    out = {}
+    for role, k in zip(roles, jax.random.split(key, len(roles))):
+        if on_role:
+            on_role(role)
+        model = getattr(spec, role)
+        names = list(model.features) if model.features is not None else list(features)
+        if role == "world":
+            acts = (list(info.action_names) if info.action_kind == "discrete"
+                    else [f"action_{i}" for i in range(len(info.action_low))])
+            in_names, out_names = names + acts, list(features)
+            ranges = [info.feature_ranges[f] for f in names] + (
+                [(0.0, 1.0)] * len(acts) if info.action_kind == "discrete"
+                else list(zip(info.action_low.tolist(), info.action_high.tolist())))
+        else:
+            in_names, out_names = names, ["value"]
+            ranges = [info.feature_ranges[f] for f in names]
+        if isinstance(model, GPModel):
+            if len(out_names) > 1:
+                rp = _gp_prior(model, role, in_names, k, num_draws)  # independent outputs: one shown
+                rp.output_names = [f"{out_names[0]} (each of {len(out_names)} outputs alike)"]
+            else:
+                rp = _gp_prior(model, role, in_names, k, num_draws)
+        else:
+            rp = _bnn_prior(model, role, in_names, [f"delta_{n}" for n in out_names] if role == "world" else out_names,
+                            k, num_draws)
+        rp.ranges = ranges
+        out[role] = rp
+    return out
+
+
+def to_datatree(rp: RolePrior) -> Any:
+    """An ArviZ DataTree with ``prior`` (hyperparameters) and ``prior_predictive`` groups."""
+    import arviz as az
+
+    from priorguard.models.gp import site_var
+
+    prior = {site_var(k): v[None] for k, v in rp.hyper.items()}
+    dims = {}
+    for k, v in prior.items():
+        dims[k] = [f"{k}_dim{i}" for i in range(v.ndim - 2)]
+    pp = {"f": rp.latent[None], "y": rp.observed[None]}
+    coords = {"feature": rp.feature_names, "grid": rp.grid, "output": rp.output_names}
+    return az.from_dict(
+        {"prior": prior, "prior_predictive": pp},
+        sample_dims=["chain", "draw"],
+        dims={**dims, "f": ["feature", "grid", "output"], "y": ["feature", "grid", "output"]},
+        coords=coords,
+    )
+
+
+def plot_role(rp: RolePrior, path: Path, *, max_lines: int = 30) -> None:
+    """Function draws along each feature (in the feature's own units), output 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nf = len(rp.feature_names)
+    cols = min(nf, 4)
+    rows = -(-nf // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for f, name in enumerate(rp.feature_names):
+        ax = axes[f // cols][f % cols]
+        lo, hi = rp.ranges[f]
+        xs = lo + rp.grid * (hi - lo)
+        for s in range(min(max_lines, rp.latent.shape[0])):
+            ax.plot(xs, rp.latent[s, f, :, 0], lw=0.8, alpha=0.5)
+        q = np.quantile(rp.observed[:, f, :, 0], [0.05, 0.95], axis=0)
+        ax.fill_between(xs, q[0], q[1], color="grey", alpha=0.15, lw=0)
+        ax.set_xlabel(name)
+        ax.set_title(f"{rp.role}: {rp.output_names[0]}"[:40], fontsize=8)
+    for g in range(nf, rows * cols):
+        axes[g // cols][g % cols].axis("off")
+    fig.suptitle(f"prior function draws ({rp.role}); band: 90% prior predictive", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_bars(title: str, bars: list[tuple[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(bars) + 1.2))
+    labels = [b[0] for b in bars][::-1]
+    ax.barh(labels, [b[1] for b in bars][::-1], color="tab:blue")
+    ax.set_xlabel("prior probability")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_prior_check(spec: ExperimentSpec, out_dir: Path, *, seed: int = 0, num_draws: int = 50,
+                      on_step: Callable[[str], None] | None = None) -> list[Path]:
+    """Runs the prior check and writes netCDF + PNG files into ``out_dir``.
+
+    Files are made in a temporary folder and moved in only when all succeeded.
+
+    Returns:
+        The paths written.
+    """
+    from priorguard.analysis.diagnostics import write_datatree
+
+    draws = prior_draws(spec, key=jax.random.key(seed), num_draws=num_draws,
+                        on_role=(lambda r: on_step(f"draw {r}")) if on_step else None)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prior-check-", dir=out_dir.parent))
+    try:
+        for role, rp in draws.items():
+            if on_step:
+                on_step(f"write {role}")
+            write_datatree(to_datatree(rp), tmp / f"prior_{role}.nc")
+            plot_role(rp, tmp / f"prior_{role}.png")
+            for name, bars in rp.bars.items():
+                plot_bars(f"{role}: {name} prior", bars, tmp / f"prior_{role}_{name}.png")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for f in sorted(tmp.iterdir()):
+            target = out_dir / f.name
+            f.replace(target)
+            written.append(target)
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,665 @@
+"""The experiment runner: collect train data, fit T, W, I, plan on both splits, score against truth.
+
+One run is one (resolved spec, seed). Every random choice flows from
+``jax.random.key(seed)`` (and numpy generators seeded from it), so the same
+spec and seed give the same metrics.
+
+Steps:
+    1. Collect train-split episodes with the behaviour policy; hold out a
+       calibration fraction of episodes.
+    2. Fit T on (features of each visited state, the rater's label), W on
+       (state, action) -> state delta, and I on Monte-Carlo returns of T along
+       W rollouts under the proposal policy A.
+    3. Calibrate the epistemic-std veto (split conformal, on held-out states).
+    4. Run the planner (with and without vetoes) and A alone on deploy-split
+       episodes, and the planner on train-split episodes (for false vetoes),
+       in lockstep batches; score with the environment's true objective.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
+from priorguard.envs import env_info, reference_policies
+from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
+from priorguard.models.roles import fit_role, role_inputs
+from priorguard.planners import veto as veto_lib
+from priorguard.planners.base import PlanningModels
+from priorguard.planners.cem import plan_cem
+from priorguard.planners.mcts import plan_mcts
+from priorguard.planners.one_step import plan_one_step
+from priorguard.planners.proposals import (
+    BoxUniformProposal,
+    FixedProposal,
+    MLPProposal,
+    UniformProposal,
+    fit_imitation,
+    fit_policy_gradient,
+)
+from priorguard.priors.spec import ExperimentSpec
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Transitions:
+    """Train-split experience, one row per step.
+
+    Attributes:
+        obs: ``[N, F]`` observation before the action.
+        action: ``[N]`` (discrete) or ``[N, Da]``.
+        next_obs: ``[N, F]``.
+        rater: ``[N]`` the rater's label of ``next_obs``.
+        episode: ``[N]`` episode index.
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    next_obs: np.ndarray
+    rater: np.ndarray
+    episode: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> Transitions:
+        return Transitions(self.obs[mask], self.action[mask], self.next_obs[mask], self.rater[mask],
+                           self.episode[mask])
+
+
+@dataclass
+class RunArtifacts:
+    """Everything a run produces, before it is written to its folder."""
+
+    metrics: dict[str, Any]
+    posteriors: dict[str, Posterior]
+    calibration: dict[str, Any] | None
+    curves: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_ints(key: Any, n: int) -> list[int]:
+    return [int(x) for x in jax.random.randint(key, (n,), 0, 2**31 - 1)]
+
+
+def collect(env_id: str, split: str, episodes: int, policy: str, key: Any) -> Transitions:
+    """Runs ``episodes`` episodes of a reference policy with the numpy environment."""
+    make_policy = reference_policies(env_id)[policy]
+    seeds = _seed_ints(key, episodes + 1)
+    rng = np.random.default_rng(seeds[-1])
+    env = gymnasium.make(env_id, split=split).unwrapped
+    rows: dict[str, list[Any]] = {k: [] for k in ("obs", "action", "next_obs", "rater", "episode")}
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seeds[ep])
+        done = False
+        while not done:
+            action = make_policy(obs, rng)
+            nxt, _, terminated, truncated, info = env.step(action)
+            rows["obs"].append(obs)
+            rows["action"].append(action)
+            rows["next_obs"].append(nxt)
+            rows["rater"].append(info["rater_value"])
+            rows["episode"].append(ep)
+            obs, done = nxt, terminated or truncated
+    return Transitions(*(np.asarray(rows[k]) for k in ("obs", "action", "next_obs", "rater", "episode")))
+
+
+def _subsample(n: int, cap: int, key: Any) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.asarray(jax.random.choice(key, n, (cap,), replace=False)))
+
+
+def _encode_actions(actions: np.ndarray, num_actions: int | None) -> np.ndarray:
+    if num_actions is not None:
+        return np.eye(num_actions)[actions.astype(int)]
+    return actions.reshape(len(actions), -1)
+
+
+class ColumnSelect:
+    """Evaluates an inner draw function on selected input columns (hashable, static)."""
+
+    def __init__(self, inner: Any, columns: tuple[int, ...]):
+        self.inner, self.columns = inner, tuple(columns)
+
+    def __call__(self, params: Any, x: Any) -> Any:
+        return self.inner(params, x[..., jnp.asarray(self.columns)])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ColumnSelect) and other.inner == self.inner and other.columns == self.columns
+
+    def __hash__(self) -> int:
+        return hash((ColumnSelect, self.columns))
+
+
+def _select(draws: FunctionDraws, columns: tuple[int, ...], width: int) -> FunctionDraws:
+    if columns == tuple(range(width)):
+        return draws
+    return FunctionDraws(draws.params, ColumnSelect(draws.apply_fn, columns))
+
+
+class Runner:
+    """One run of an experiment spec with one seed.
+
+    Args:
+        spec: a resolved spec (its ``sweep`` is ignored).
+        seed: the run's seed.
+        progress: called with a short label as each step starts.
+    """
+
+    def __init__(self, spec: ExperimentSpec, seed: int, *, progress: Progress | None = None):
+        self.spec = spec
+        self.seed = seed
+        self.info = env_info(spec.env)
+        self.progress = progress or (lambda label: None)
+        self.features = list(self.info.feature_names)
+        self.ranges = [self.info.feature_ranges[f] for f in self.features]
+        self.discrete = self.info.action_kind == "discrete"
+        self.discount = spec.instrumental.discount if spec.instrumental is not None else 0.95
+        self.timings: dict[str, float] = {}
+
+    # --- steps ----------------------------------------------------------------------
+
+    def run(self) -> RunArtifacts:
+        spec = self.spec
+        keys = dict(zip(
+            ("data", "split", "t", "w", "i", "draws", "proposal", "calib", "deploy", "train", "alone", "targets"),
+            jax.random.split(jax.random.key(self.seed), 12),
+        ))
+        self.progress("collect train data")
+        t0 = time.perf_counter()
+        data = collect(spec.env, "train", spec.data.train_episodes, spec.data.behaviour, keys["data"])
+        if spec.data.rater_noise > 0:
+            noise_rng = np.random.default_rng(_seed_ints(keys["split"], 1)[0])
+            data.rater = data.rater + spec.data.rater_noise * noise_rng.standard_normal(data.rater.shape)
+        episodes = np.unique(data.episode)
+        n_cal = max(1, int(round(spec.data.calibration_fraction * len(episodes))))
+        perm = np.asarray(jax.random.permutation(keys["split"], episodes))
+        cal_eps = perm[:n_cal]
+        is_cal = np.isin(data.episode, cal_eps)
+        fit_data, cal_data = data.subset(~is_cal), data.subset(is_cal)
+        self.timings["collect_s"] = time.perf_counter() - t0
+
+        posteriors = self.fit_models(fit_data, keys)
+        models, proposal, proposal_params = self.planning_models(posteriors, fit_data, keys)
+
+        self.progress("calibrate vetoes")
+        rule, calibration = self.veto_rule(models, proposal, proposal_params, cal_data, keys["calib"])
+        act = self.make_actor(models, proposal, proposal_params, rule)
+        act_no_veto = self.make_actor(models, proposal, proposal_params, None if rule is None else
+                                      veto_lib.make_veto_rule(kappa=spec.planner.lcb_kappa)[0])
+        act_alone = self.make_alone(proposal, proposal_params)
+
+        self.progress("plan on deploy split")
+        t0 = time.perf_counter()
+        deploy = evaluate(spec.env, "deploy", spec.data.deploy_episodes, keys["deploy"], act)
+        self.timings["plan_deploy_s"] = time.perf_counter() - t0
+        deploy_nv = evaluate(spec.env, "deploy", spec.data.deploy_episodes, keys["deploy"], act_no_veto)
+        alone = evaluate(spec.env, "deploy", spec.data.deploy_episodes, keys["deploy"], act_alone)
+        oracle = evaluate(spec.env, "deploy", spec.data.deploy_episodes, keys["deploy"],
+                          policy_actor(spec.env, "oracle", keys["alone"]))
+        self.progress("plan on train split")
+        train = evaluate(spec.env, "train", max(4, spec.data.deploy_episodes // 2), keys["train"], act)
+
+        self.progress("score")
+        metrics = self.score(posteriors, cal_data, deploy, deploy_nv, alone, oracle, train)
+        if calibration is not None:
+            metrics["veto_threshold"] = calibration["threshold"]
+        audit: dict[str, Any] = {}
+        if spec.audit.states > 0:
+            self.progress("audit through W")
+            audit = self.audit(models, proposal, proposal_params, rule, keys["alone"])
+            metrics.update({k: v for k, v in audit.items() if not isinstance(v, list | dict)})
+        return RunArtifacts(metrics=metrics, posteriors=posteriors, calibration=calibration,
+                            curves={"deploy_values": deploy["values"], "oracle_values": oracle["values"],
+                                    "audit": audit})
+
+    def fit_models(self, data: Transitions, keys: dict[str, Any]) -> dict[str, Posterior]:
+        spec = self.spec
+        posteriors: dict[str, Posterior] = {}
+        cap = spec.data.max_points
+
+        self.progress("fit T (terminal value)")
+        t0 = time.perf_counter()
+        cols = role_inputs(spec.terminal, self.features)
+        x_states = np.concatenate([data.obs[:1], data.next_obs])  # every visited state has a rater label
+        y_states = np.concatenate([[np.nan], data.rater])
+        keep = np.isfinite(y_states)
+        x_states, y_states = x_states[keep], y_states[keep]
+        idx = _subsample(len(x_states), cap, jax.random.fold_in(keys["t"], 1))
+        posteriors["terminal"] = fit_role(
+            spec.terminal, as_data(x_states[idx][:, cols], y_states[idx]), key=keys["t"], role="terminal",
+            feature_names=[self.features[c] for c in cols], feature_ranges=[self.ranges[c] for c in cols])
+        self.timings["fit_terminal_s"] = time.perf_counter() - t0
+
+        self.progress("fit W (world model)")
+        t0 = time.perf_counter()
+        wcols = role_inputs(spec.world, self.features)
+        enc = _encode_actions(data.action, self.info.num_actions)
+        x_w = np.concatenate([data.obs[:, wcols], enc], axis=1)
+        y_w = data.next_obs - data.obs
+        idx = _subsample(len(x_w), cap, jax.random.fold_in(keys["w"], 1))
+        action_names = (list(self.info.action_names) if self.discrete
+                        else [f"action_{i}" for i in range(enc.shape[1])])
+        action_ranges = ([(0.0, 1.0)] * enc.shape[1] if self.discrete
+                         else list(zip(self.info.action_low.tolist(), self.info.action_high.tolist())))
+        posteriors["world"] = fit_role(
+            spec.world, as_data(x_w[idx], y_w[idx]), key=keys["w"], role="world",
+            feature_names=[self.features[c] for c in wcols] + action_names,
+            feature_ranges=[self.ranges[c] for c in wcols] + action_ranges)
+        self.timings["fit_world_s"] = time.perf_counter() - t0
+        self._train_states = x_states
+        self._train_transitions = data
+        return posteriors
+
+    def _draws(self, posterior: Posterior, key: Any) -> FunctionDraws:
+        return posterior.sample_functions(key, self.spec.planner.function_samples)
+
+    def planning_models(self, posteriors: dict[str, Posterior], data: Transitions,
+                        keys: dict[str, Any]) -> tuple[PlanningModels, Any, Any]:
+        spec = self.spec
+        width = len(self.features)
+        k_w, k_t, k_i = jax.random.split(keys["draws"], 3)
+        wcols = role_inputs(spec.world, self.features)
+        na = self.info.num_actions
+        da = na if self.discrete else len(self.info.action_low)
+        world = _select(self._draws(posteriors["world"], k_w),
+                        tuple(wcols) + tuple(range(width, width + da)), width + da)
+        tcols = role_inputs(spec.terminal, self.features)
+        action_space: dict[str, Any] = (
+            {"num_actions": na} if self.discrete
+            else {"action_low": jnp.asarray(self.info.action_low, jnp.float64),
+                  "action_high": jnp.asarray(self.info.action_high, jnp.float64)}
+        )
+        base = PlanningModels(world=world, terminal=self._draws(posteriors["terminal"], k_t),
+                              terminal_columns=tcols, **action_space)
+        proposal, params = self.proposal(base, data, keys["proposal"])
+        if spec.instrumental is None:
+            return base, proposal, params
+        self.progress("fit I (instrumental value)")
+        t0 = time.perf_counter()
+        icols = role_inputs(spec.instrumental, self.features)
+        states = self._train_states
+        idx = _subsample(len(states), spec.data.max_points, jax.random.fold_in(k_i, 1))
+        starts = jnp.asarray(states[idx], jnp.float64)
+        targets = np.asarray(mc_returns(base, proposal, params, keys["targets"], starts,
+                                        horizon=spec.instrumental.horizon, discount=spec.instrumental.discount,
+                                        rollouts=spec.instrumental.rollouts))
+        posteriors["instrumental"] = fit_role(
+            spec.instrumental, as_data(states[idx][:, icols], targets), key=k_i, role="instrumental",
+            feature_names=[self.features[c] for c in icols], feature_ranges=[self.ranges[c] for c in icols])
+        self.timings["fit_instrumental_s"] = time.perf_counter() - t0
+        models = PlanningModels(world=world, terminal=base.terminal,
+                                instrumental=self._draws(posteriors["instrumental"], jax.random.fold_in(k_i, 2)),
+                                terminal_columns=tcols, instrumental_columns=icols, **action_space)
+        return models, proposal, params
+
+    def proposal(self, models: PlanningModels, data: Transitions, key: Any) -> tuple[Any, Any]:
+        p = self.spec.planner.proposal
+        if not self.discrete:
+            return BoxUniformProposal(models.action_low, models.action_high), None
+        na = self.info.num_actions
+        if p.kind == "uniform":
+            return UniformProposal(na), None
+        if p.kind == "fixed":
+            return FixedProposal(na), jnp.asarray(p.logits, jnp.float64)[None, :]
+        net = MLPProposal(num_actions=na, obs_dim=len(self.features), hidden_sizes=tuple(p.hidden))
+        k_init, k_fit = jax.random.split(key)
+        obs = jnp.asarray(data.obs, jnp.float64)
+        params = net.init(k_init, obs=obs, dtype=jnp.float64)
+        if p.kind == "behaviour" or p.objective == "imitation":
+            params, _ = fit_imitation(net, params, k_fit, obs, jnp.asarray(data.action, jnp.int32),
+                                      num_steps=p.steps)
+        else:
+            params, _ = fit_policy_gradient(net, params, k_fit, models, obs, num_steps=p.steps,
+                                            horizon=1, discount=self.discount)
+        return net, params
+
+    def veto_rule(self, models: PlanningModels, proposal: Any, params: Any, cal: Transitions,
+                  key: Any) -> tuple[Any, dict[str, Any] | None]:
+        v = self.spec.planner.veto
+        if not v.enabled:
+            return veto_lib.make_veto_rule(kappa=self.spec.planner.lcb_kappa)[0], None
+        cal_stds = None
+        if v.epistemic_std == "auto":
+            # Calibrate on (held-out train state, action proposed by A): the pairs the
+            # planner scores in distribution, so the false-veto guarantee is about them.
+            obs = jnp.asarray(cal.obs, jnp.float64)
+            cal_stds = veto_lib.calibration_scores(models, key, obs, discount=self.discount,
+                                                   proposal=proposal, proposal_params=params)
+        rule, threshold = veto_lib.make_veto_rule(
+            epistemic_std=v.epistemic_std, value_drop=v.value_drop, kappa=self.spec.planner.lcb_kappa,
+            alpha=v.alpha, calibration_stds=cal_stds)
+        record = None
+        if threshold is not None:
+            record = {**threshold.to_dict(), "method": "split-conformal"}
+        elif isinstance(v.epistemic_std, float | int):
+            record = {"threshold": float(v.epistemic_std), "alpha": None, "n": 0, "method": "fixed"}
+        return rule, record
+
+    def make_actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Callable:
+        p = self.spec.planner
+        fallback = p.veto.fallback
+        if p.kind == "one_step":
+            fb = fallback if self.discrete else jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
+
+            @jax.jit
+            def act(key, obs):
+                out = plan_one_step(models, proposal, params, key, obs, num_candidates=p.proposals,
+                                    fallback_action=fb, veto=rule, discount=self.discount,
+                                    replace=(not self.discrete) or p.proposals > self.info.num_actions)
+                return out.action, out.candidate_actions, out.veto_mask, out.used_fallback
+        elif p.kind == "mcts":
+            na = self.info.num_actions
+
+            @jax.jit
+            def act(key, obs):
+                out = plan_mcts(models, proposal, params, key, obs, num_simulations=p.simulations,
+                                fallback_action=int(fallback), veto=rule, policy=p.policy, discount=self.discount,
+                                max_depth=p.depth, max_num_considered_actions=min(p.proposals, na))
+                cands = jnp.broadcast_to(jnp.arange(na), out.veto_mask.shape)
+                return out.action, cands, out.veto_mask, out.used_fallback
+        else:
+            fb = jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
+
+            @jax.jit
+            def act(key, obs):
+                out = plan_cem(models, key, obs, horizon=p.cem.horizon, fallback_action=fb, veto=rule,
+                               num_samples=p.cem.population, num_elites=p.cem.elites,
+                               num_iterations=p.cem.iterations, discount=self.discount)
+                return out.action, out.population[:, :, 0, :], out.veto_mask, out.used_fallback
+        return act
+
+    def make_alone(self, proposal: Any, params: Any) -> Callable:
+        @jax.jit
+        def act(key, obs):
+            a = proposal.sample(params, key, obs, 1)[:, 0]
+            cands = a[:, None]
+            return a, cands, jnp.zeros(cands.shape[:2], bool), jnp.zeros(obs.shape[0], bool)
+        return act
+
+    def audit(self, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any) -> dict[str, Any]:
+        """Random-state audit of A alone and of the planner through W, and adversarial search."""
+        from priorguard.envs import jax_model
+        from priorguard.planners.audit import (
+            adversarial_search,
+            planner_policy,
+            proposal_policy,
+            random_state_audit,
+        )
+
+        a = self.spec.audit
+        env = jax_model(self.spec.env, "deploy")
+
+        def sampler(k):
+            return env.observe(env.sample_state(k)).astype(jnp.float64)
+
+        k_alone, k_plan, k_adv = jax.random.split(key, 3)
+        out: dict[str, Any] = {}
+        common = dict(state_sampler=sampler, num_states=a.states, horizon=a.horizon, margin=a.margin,
+                      confidence=a.level, num_worst=5)
+        report = random_state_audit(models, k_alone, policy=proposal_policy(proposal, params), **common)
+        out["audit_alone_rate"], out["audit_alone_upper"] = report.rate, report.upper_bound
+        if self.spec.planner.kind == "one_step":
+            p = self.spec.planner
+            fb = p.veto.fallback if self.discrete else jnp.asarray(_fallback_vector(p.veto.fallback, self.info))
+
+            def plan(k, obs):
+                return plan_one_step(models, proposal, params, k, obs, num_candidates=p.proposals,
+                                     fallback_action=fb, veto=rule, discount=self.discount,
+                                     replace=(not self.discrete) or p.proposals > self.info.num_actions)
+
+            report = random_state_audit(models, k_plan, policy=planner_policy(plan), **common)
+            out["audit_planner_rate"], out["audit_planner_upper"] = report.rate, report.upper_bound
+        out["audit_worst_states"] = report.worst_states.tolist()
+        if a.adversarial_restarts > 0:
+            if self.discrete and hasattr(proposal, "probs"):
+                policy_fn = lambda obs: proposal.probs(params, obs)  # noqa: E731
+            else:
+                mid = 0.5 * (models.action_low + models.action_high)
+                policy_fn = lambda obs: jnp.broadcast_to(mid, (obs.shape[0], mid.shape[0]))  # noqa: E731
+            low = jnp.asarray([r[0] for r in self.ranges], jnp.float64)
+            high = jnp.asarray([r[1] for r in self.ranges], jnp.float64)
+            adv = adversarial_search(models, k_adv, policy_fn=policy_fn, state_low=low, state_high=high,
+                                     num_restarts=a.adversarial_restarts, num_steps=a.adversarial_steps)
+            out["adversarial_min_value"] = float(adv.predicted_mean[0])
+            out["adversarial_states"] = np.asarray(adv.states[:3]).tolist()
+        return out
+
+    # --- metrics ----------------------------------------------------------------------
+
+    def score(self, posteriors: dict[str, Posterior], cal: Transitions, deploy: dict[str, Any],
+              deploy_nv: dict[str, Any], alone: dict[str, Any], oracle: dict[str, Any],
+              train: dict[str, Any]) -> dict[str, Any]:
+        m: dict[str, Any] = {}
+        best = float(np.mean(oracle["returns"]))
+
+        def regret(ret: np.ndarray) -> float:
+            return float((best - np.mean(ret)) / max(abs(best), 1e-9))
+
+        m["deploy_return"] = float(np.mean(deploy["returns"]))
+        m["oracle_return"] = best
+        m["regret"] = regret(deploy["returns"])
+        m["catastrophe_rate"] = float(np.mean(deploy["catastrophes"]))
+        m["no_veto_return"] = float(np.mean(deploy_nv["returns"]))
+        m["no_veto_regret"] = regret(deploy_nv["returns"])
+        m["no_veto_catastrophe_rate"] = float(np.mean(deploy_nv["catastrophes"]))
+        m["proposal_alone_return"] = float(np.mean(alone["returns"]))
+        m["proposal_alone_regret"] = regret(alone["returns"])
+        m["proposal_alone_catastrophe_rate"] = float(np.mean(alone["catastrophes"]))
+        m["oracle_catastrophe_rate"] = float(np.mean(oracle["catastrophes"]))
+        m["veto_rate"] = _ratio(deploy["vetoed"], deploy["candidates"])
+        m["fallback_rate"] = _ratio(deploy["fallbacks"], deploy["decisions"])
+        m["veto_precision"] = _ratio(deploy["vetoed_catastrophic"], deploy["vetoed"])
+        m["veto_recall"] = _ratio(deploy["vetoed_catastrophic"], deploy["catastrophic_candidates"])
+        m["train_false_veto_rate"] = _ratio(train["vetoed"] - train["vetoed_catastrophic"],
+                                            train["candidates"] - train["catastrophic_candidates"])
+        # calibration of T on held-out train states and on the states the agent met on deploy
+        tcols = np.asarray(role_inputs(self.spec.terminal, self.features))
+        t_post = posteriors["terminal"]
+        cal_states = cal.next_obs
+        pred_cal = t_post.predict(jnp.asarray(cal_states[:, tcols], jnp.float64))
+        dep_states = deploy["states"]
+        pred_dep = t_post.predict(jnp.asarray(dep_states[:, tcols], jnp.float64))
+        for level in (0.5, 0.9):
+            tag = int(level * 100)
+            m[f"terminal_coverage{tag}_train"] = interval_coverage(
+                cal.rater, np.asarray(pred_cal.mean[:, 0]), np.asarray(pred_cal.total_var[:, 0]), level=level)
+            m[f"terminal_coverage{tag}_deploy"] = interval_coverage(
+                deploy["rater"], np.asarray(pred_dep.mean[:, 0]), np.asarray(pred_dep.total_var[:, 0]), level=level)
+        m["terminal_epistemic_auroc"] = auroc(np.sqrt(np.asarray(pred_dep.epistemic_var[:, 0])),
+                                              np.sqrt(np.asarray(pred_cal.epistemic_var[:, 0])))
+        # W on held-out transitions (train) and on deploy transitions
+        wcols = np.asarray(role_inputs(self.spec.world, self.features))
+        w_post = posteriors["world"]
+        for split, obs, act, nxt in (("train", cal.obs, cal.action, cal.next_obs),
+                                     ("deploy", deploy["obs"], deploy["actions"], deploy["states"])):
+            if len(obs) == 0:
+                continue
+            x = np.concatenate([obs[:, wcols], _encode_actions(act, self.info.num_actions)], axis=1)
+            pred = w_post.predict(jnp.asarray(x, jnp.float64))
+            for level in (0.5, 0.9):
+                m[f"world_coverage{int(level * 100)}_{split}"] = interval_coverage(
+                    nxt - obs, np.asarray(pred.mean), np.asarray(pred.total_var), level=level)
+        for role, post in posteriors.items():
+            if getattr(getattr(self.spec, role), "inference", None) is None or \
+                    getattr(self.spec, role).inference.method != "nuts":
+                continue  # R-hat / ESS / divergences describe MCMC only
+            try:
+                d = diagnose(post.to_datatree(), warn=False)
+                m[f"{role}_rhat_max"] = d.rhat_max
+                m[f"{role}_ess_bulk_min"] = d.ess_bulk_min
+                m[f"{role}_divergences"] = d.divergences
+            except (KeyError, ValueError) as exc:  # a posterior without chains (MAP)
+                m[f"{role}_diagnostics_error"] = str(exc)
+        m.update({k: round(v, 4) for k, v in self.timings.items()})
+        m["seed"] = self.seed
+        return m
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else float("nan")
+
+
+def _fallback_vector(fallback: Any, info: Any) -> list[float]:
+    dim = len(info.action_low)
+    return [float(fallback)] * dim if isinstance(fallback, int) else list(fallback)
+
+
+def mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any, *, horizon: int,
+               discount: float, rollouts: int) -> Any:
+    """Monte-Carlo targets for I: mean over rollouts of sum_t discount^(t-1) T(s_t) along W under A.
+
+    Rollout r follows world ``r mod S`` (W and T draws of one world together).
+
+    Returns:
+        ``[N]`` targets.
+    """
+    n_worlds = models.num_worlds
+
+    @jax.jit
+    def run(key, starts):
+        def one(world, key):
+            def step(carry, k):
+                obs, total, disc = carry
+                action = proposal.sample(params, k, obs, 1)[:, 0]
+                nxt = models.next_state(obs, action, world)
+                total = total + disc * models.terminal_value(nxt, world)
+                return (nxt, total, disc * discount), None
+
+            init = (starts, jnp.zeros(starts.shape[0], starts.dtype), jnp.asarray(1.0, starts.dtype))
+            (_, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, horizon))
+            return total
+
+        worlds = jnp.arange(rollouts) % n_worlds
+        return jnp.mean(jax.vmap(one)(worlds, jax.random.split(key, rollouts)), axis=0)
+
+    return run(key, starts)
+
+
+def policy_actor(env_id: str, name: str, key: Any) -> Callable:
+    """A reference policy as an actor over a batch of observations (numpy)."""
+    policy = reference_policies(env_id)[name]
+    rng = np.random.default_rng(_seed_ints(key, 1)[0])
+
+    def act(_key, obs):
+        actions = np.asarray([policy(o, rng) for o in np.asarray(obs)])
+        cands = actions[:, None]
+        return actions, cands, np.zeros(cands.shape[:2], bool), np.zeros(len(actions), bool)
+
+    act.is_numpy = True  # type: ignore[attr-defined]
+    return act
+
+
+def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Callable) -> dict[str, Any]:
+    """Runs ``episodes`` episodes in lockstep with an actor, scoring with ground truth.
+
+    The actor is called once per time step on the whole batch (finished episodes
+    keep their last observation and their actions are ignored), so a jitted
+    planner compiles once. Each candidate action is checked against the true
+    dynamics for whether it would have been catastrophic.
+
+    Returns:
+        Per-episode ``returns`` (sum of true terminal values) and ``catastrophes``;
+        counts of candidates, vetoes and would-be catastrophes; visited states,
+        their rater labels, and the transitions taken.
+    """
+    seeds = _seed_ints(jax.random.fold_in(key, 0), episodes)
+    probe_rng = np.random.default_rng(seeds[0] + 1)
+    envs = [gymnasium.make(env_id, split=split).unwrapped for _ in range(episodes)]
+    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)]).astype(np.float64)
+    active = np.ones(episodes, bool)
+    returns = np.zeros(episodes)
+    catastrophes = np.zeros(episodes, bool)
+    counts = dict(candidates=0, vetoed=0, vetoed_catastrophic=0, catastrophic_candidates=0, fallbacks=0,
+                  decisions=0)
+    states, rater, obs_taken, actions_taken, values = [], [], [], [], []
+    horizon = envs[0].horizon
+    step_key = jax.random.fold_in(key, 1)
+    for t in range(horizon):
+        if not active.any():
+            break
+        action, cands, vmask, fallback = act(jax.random.fold_in(step_key, t), obs)
+        action, cands, vmask, fallback = (np.asarray(a) for a in (action, cands, vmask, fallback))
+        step_values = np.zeros(episodes)
+        for i in np.flatnonzero(active):
+            env = envs[i]
+            dyn = env.dynamics
+            state = env.state
+            cat = np.zeros(cands.shape[1], bool)
+            for k in range(cands.shape[1]):
+                noise = (probe_rng.random(dyn.step_noise_size, dtype=np.float32) if dyn.step_noise_size
+                         else np.zeros((0,), np.float32))
+                cand = cands[i, k]
+                cand = int(cand) if env.dynamics.num_actions is not None else np.asarray(cand, np.float32)
+                cat[k] = bool(dyn.catastrophe(np, dyn.transition(np, state, cand, noise)))
+            counts["candidates"] += cands.shape[1]
+            counts["vetoed"] += int(vmask[i].sum())
+            counts["vetoed_catastrophic"] += int((vmask[i] & cat).sum())
+            counts["catastrophic_candidates"] += int(cat.sum())
+            counts["fallbacks"] += int(fallback[i])
+            counts["decisions"] += 1
+            a = action[i]
+            a = int(a) if env.dynamics.num_actions is not None else np.asarray(a, np.float32).reshape(-1)
+            nxt, _, terminated, truncated, info = env.step(a)
+            obs_taken.append(obs[i].copy())
+            actions_taken.append(a)
+            states.append(nxt)
+            rater.append(info["rater_value"])
+            returns[i] += info["true_terminal_value"]
+            step_values[i] = info["true_terminal_value"]
+            catastrophes[i] |= info["catastrophe"]
+            obs[i] = nxt
+            if terminated or truncated:
+                active[i] = False
+        values.append(step_values)
+    width = obs.shape[1]
+    return {
+        "returns": returns,
+        "catastrophes": catastrophes,
+        **{k: float(v) for k, v in counts.items()},
+        "states": np.asarray(states, np.float64).reshape(-1, width),
+        "obs": np.asarray(obs_taken, np.float64).reshape(-1, width),
+        "actions": np.asarray(actions_taken),
+        "rater": np.asarray(rater, np.float64),
+        "values": np.asarray(values),
+    }
+
+
+def run_experiment(spec: ExperimentSpec, seed: int, *, progress: Progress | None = None) -> RunArtifacts:
+    """Runs one (spec, seed) in this process. See :class:`Runner`."""
+    return Runner(spec, seed, progress=progress).run()
+
+
+def write_run(folder: Any, spec: ExperimentSpec, seed: int, overrides: dict[str, Any],
+              artifacts: RunArtifacts) -> None:
+    """Writes a run's files into ``folder`` (a temporary folder of the store)."""
+    from priorguard.analysis.diagnostics import write_datatree
+    from priorguard.experiments.store import write_json
+
+    (folder / "spec.toml").write_text(spec.to_toml(), encoding="utf-8")
+    for role, post in artifacts.posteriors.items():
+        write_datatree(post.to_datatree(), folder / f"{role}.nc")
+    if artifacts.calibration is not None:
+        write_json(folder / "calibration.json", artifacts.calibration)
+    write_json(folder / "curves.json", {k: np.asarray(v).tolist() for k, v in artifacts.curves.items()})
+    # metrics.json last: its presence marks a complete run
+    write_json(folder / "metrics.json", {**artifacts.metrics, "seed": seed, "overrides": overrides,
+                                         "experiment": spec.name, "env": spec.env})
+
+
+def execute_task(task: Any) -> dict[str, Any]:
+    """Runs a sweep task and writes its folder atomically; returns its metrics."""
+    from priorguard.experiments.store import ResultStore
+
+    spec = ExperimentSpec.from_toml(task.spec_toml)
+    artifacts = run_experiment(spec, task.seed)
+    store = ResultStore(task.store_root)
+    with store.writing(task.run_id) as folder:
+        write_run(folder, spec, task.seed, task.overrides, artifacts)
+    return artifacts.metrics

@@ -1,0 +1,457 @@
+"""Compiled numpyro runners that a second fit of the same shapes reuses.
+
+``MCMC.run`` and ``svi.run`` build fresh closures, so every call compiles
+again. The programs here are built once per *model structure* (the caller keys
+them, see :func:`cached_program`) and take the data as traced arguments, so a
+later fit whose arrays have the same shapes and dtypes hits JAX's jit cache and
+compiles nothing. Every traced body calls :func:`count_trace`; tests read
+:data:`TRACE_COUNTS` to prove a second fit traced nothing.
+
+Programs (the model is ``model(x, y)`` with ``y [N, O]`` observed):
+    :class:`NutsProgram`: NUTS exactly as numpyro's ``MCMC(NUTS(model))`` runs it
+        (``initialize_model`` with ``init_to_uniform``, diagonal mass matrix,
+        dual averaging), one chain per key, chains mapped with ``pmap`` when
+        there are enough devices, else one after another.
+    :class:`SviProgram`: numpyro ``SVI`` with ``AutoNormal`` or
+        ``AutoLowRankMultivariateNormal`` and Adam, stepped in a ``lax.scan``.
+    :class:`ModeProgram`: posterior modes in unconstrained space (L-BFGS or
+        Adam), vmapped over starting points (MAP restarts, ensemble members).
+    :func:`make_laplace`: Laplace approximation of the evidence at a mode.
+
+Parallel chains need ``numpyro.set_host_device_count(n)`` (or ``XLA_FLAGS=
+--xla_force_host_platform_device_count=n``) *before JAX starts*; the priorguard
+CLI does it at start-up. Without it chains run one after another.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import optax
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions.transforms import biject_to
+from numpyro.handlers import block, seed, substitute, trace
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
+
+__all__ = [
+    "TRACE_COUNTS",
+    "count_trace",
+    "cached_program",
+    "NutsProgram",
+    "SviProgram",
+    "ModeProgram",
+    "make_constrain",
+    "make_laplace",
+    "SamplingWarning",
+    "warn_on_diagnostics",
+]
+
+#: Program name -> number of times JAX traced it (a Python side effect, so it
+#: only moves when something is traced, i.e. compiled).
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+_CACHE: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+_CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()
+
+Model = Callable[..., Any]
+
+
+def count_trace(name: str) -> None:
+    """Records that program ``name`` is being traced (call inside traced code)."""
+    TRACE_COUNTS[name] += 1
+
+
+def cached_program(key: Hashable, build: Callable[[], Any]) -> Any:
+    """The program for ``key``, built by ``build()`` on first use (LRU, 64 entries)."""
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    program = build()
+    with _CACHE_LOCK:
+        _CACHE[key] = program
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return program
+
+
+def uniform_unconstrained(model: Model, key: jax.Array, num: int, *args: Any,
+                          radius: float = 2.0) -> dict[str, jax.Array]:
+    """``num`` starting points, uniform in ``[-radius, radius]`` in unconstrained space.
+
+    This is numpyro's ``init_to_uniform`` for a batch (traces the model once).
+    """
+    tr = trace(seed(model, key)).get_trace(*args)
+    names = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    keys = jax.random.split(key, max(len(names), 1))
+    out = {}
+    for k, name in zip(keys, names):
+        site = tr[name]
+        shape = jnp.shape(biject_to(site["fn"].support).inv(site["value"]))
+        out[name] = jax.random.uniform(k, (num, *shape), minval=-radius, maxval=radius)
+    return out
+
+
+# --- NUTS -----------------------------------------------------------------------
+
+
+class NutsProgram:
+    """NUTS with numpyro's kernels and numpyro's initialisation, compiled once.
+
+    ``run(key, x, y)`` splits ``key`` into one key per chain the way
+    ``MCMC.run`` does, so with the same model and key it draws the same chains
+    as ``MCMC(NUTS(model), ...)`` (up to floating-point reassociation).
+
+    Returns a dict with ``samples`` (constrained latent and deterministic sites,
+    ``[C, S, ...]``), ``stats`` (``diverging``, ``num_steps``, ``energy``,
+    ``potential_energy``, ``accept_prob``; ``[C, S]``), ``step_size [C]``,
+    ``best_z`` (the unconstrained draw with the lowest potential per chain,
+    leaves ``[C, ...]``) and ``best_potential [C]``.
+    """
+
+    def __init__(self, model: Model, *, warmup: int, samples: int, chains: int,
+                 target_accept: float, max_tree_depth: int, name: str = "nuts") -> None:
+        self.model = model
+        self.warmup = warmup
+        self.samples = samples
+        self.chains = chains
+        self.target_accept = target_accept
+        self.max_tree_depth = max_tree_depth
+        self.name = name
+        self.chain_method = "parallel" if chains > 1 and jax.local_device_count() >= chains else "sequential"
+        if self.chain_method == "parallel":
+            self._run_chains = jax.pmap(self._one_chain, in_axes=(0, None, None))
+        else:
+            self._run_one = jax.jit(self._one_chain)
+
+    def _one_chain(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict[str, Any]:
+        count_trace(self.name)
+        model = self.model
+        key_hmc, key_init = jax.random.split(key)
+        info = initialize_model(key_init, model, model_args=(x, y), dynamic_args=True)
+        init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
+        state = init_kernel(
+            info.param_info,
+            self.warmup,
+            dense_mass=[],  # what NUTS(model) hands the kernel: a diagonal mass matrix, per site
+            target_accept_prob=self.target_accept,
+            trajectory_length=None,
+            max_tree_depth=self.max_tree_depth,
+            model_args=(x, y),
+            rng_key=key_hmc,
+        )
+
+        def warm(s: Any, _: Any) -> tuple[Any, None]:
+            return sample_kernel(s, model_args=(x, y)), None
+
+        state, _ = jax.lax.scan(warm, state, None, length=self.warmup)
+
+        def draw(s: Any, _: Any) -> tuple[Any, Any]:
+            s = sample_kernel(s, model_args=(x, y))
+            return s, (s.z, s.diverging, s.num_steps, s.energy, s.potential_energy, s.accept_prob)
+
+        state, (zs, div, steps, energy, pe, acc) = jax.lax.scan(draw, state, None, length=self.samples)
+        constrained = constrain_fn(model, (x, y), {}, zs, return_deterministic=True, batch_ndims=1)
+        constrained = {k: v for k, v in constrained.items() if k in _latent_names(model, x, y)}
+        best = jnp.argmin(pe)
+        return {
+            "samples": constrained,
+            "stats": {"diverging": div, "num_steps": steps, "energy": energy,
+                      "potential_energy": pe, "accept_prob": acc},
+            "step_size": state.adapt_state.step_size,
+            "best_z": jax.tree_util.tree_map(lambda v: v[best], zs),
+            "best_potential": pe[best],
+        }
+
+    def run(self, key: jax.Array, x: jax.Array, y: jax.Array) -> dict[str, Any]:
+        keys = jax.random.split(key, self.chains) if self.chains > 1 else key[None]
+        if self.chain_method == "parallel":
+            out = self._run_chains(keys, x, y)
+        else:
+            per_chain = [self._run_one(k, x, y) for k in keys]
+            out = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *per_chain)
+        return out
+
+
+def _latent_names(model: Model, x: jax.Array, y: jax.Array) -> set[str]:
+    tr = trace(seed(model, rng_seed=0)).get_trace(x, y)
+    return {n for n, s in tr.items()
+            if (s["type"] == "sample" and not s["is_observed"]) or s["type"] == "deterministic"}
+
+
+# --- SVI ------------------------------------------------------------------------
+
+
+class SviProgram:
+    """SVI (Trace_ELBO, Adam) with an autoguide, stepped in one compiled ``lax.scan``.
+
+    ``run(key, x, y, want_elbo=)`` returns ``samples`` (``[S, ...]``
+    constrained latent and deterministic sites drawn from the fitted guide),
+    ``losses [steps]``, the guide ``params`` and, when asked, ``elbo`` (a
+    ``particles``-sample estimate at the fitted guide). Guide
+    locations start uniform in ``[-2, 2]`` (unconstrained) from ``key``, as
+    numpyro's default ``init_to_uniform``.
+    """
+
+    def __init__(self, model: Model, *, guide: str, learning_rate: float, steps: int,
+                 samples: int, particles: int = 64, name: str = "svi") -> None:
+        self.model = model
+        if guide == "normal":
+            self.guide = AutoNormal(model)
+        elif guide == "lowrank":
+            self.guide = AutoLowRankMultivariateNormal(model)
+        else:
+            raise ValueError(f"guide must be 'normal' or 'lowrank', got {guide!r}")
+        self.svi = SVI(model, self.guide, numpyro.optim.Adam(learning_rate), Trace_ELBO())
+        self.steps = steps
+        self.samples = samples
+        self.particles = particles
+        self.name = name
+        self._loc_shapes: dict[str, tuple[int, ...]] | None = None
+        self._run = jax.jit(self._fit, static_argnums=3)
+
+    def _fit(self, key: jax.Array, x: jax.Array, y: jax.Array, want_elbo: bool) -> dict[str, Any]:
+        count_trace(self.name)
+        key_init, key_loc, key_draw, key_elbo = jax.random.split(key, 4)
+        assert self._loc_shapes is not None
+        loc_keys = jax.random.split(key_loc, max(len(self._loc_shapes), 1))
+        init_params = {
+            name: jax.random.uniform(k, shape, minval=-2.0, maxval=2.0, dtype=x.dtype)
+            for k, (name, shape) in zip(loc_keys, sorted(self._loc_shapes.items()))
+        }
+        state = self.svi.init(key_init, x, y, init_params=init_params)
+
+        def step(s: Any, _: Any) -> tuple[Any, jax.Array]:
+            return self.svi.update(s, x, y)
+
+        state, losses = jax.lax.scan(step, state, None, length=self.steps)
+        params = self.svi.get_params(state)
+        # sample_posterior returns latent and deterministic sites, constrained.
+        draws = self.guide.sample_posterior(key_draw, params, sample_shape=(self.samples,))
+        names = _latent_names(self.model, x, y)
+        draws = {k: v for k, v in draws.items() if k in names}
+        out = {"samples": draws, "losses": losses, "params": params}
+        if want_elbo:
+            out["elbo"] = -Trace_ELBO(num_particles=self.particles, vectorize_particles=True).loss(
+                key_elbo, params, self.model, self.guide, x, y)
+        return out
+
+    def run(self, key: jax.Array, x: jax.Array, y: jax.Array, *, want_elbo: bool = True) -> dict[str, Any]:
+        if self._loc_shapes is None:
+            # The autoguide builds its prototype on first use; do that eagerly so
+            # no tracer is stored on the guide.
+            state = self.svi.init(key, x, y)
+            params = self.svi.get_params(state)
+            self._loc_shapes = {k: tuple(v.shape) for k, v in params.items()
+                                if k.endswith("auto_loc")}
+        return self._run(key, x, y, want_elbo)
+
+
+# --- modes and Laplace ----------------------------------------------------------
+
+
+class ModeProgram:
+    """Minimises the potential energy (negative log joint in unconstrained space).
+
+    ``from_key(key, x, y, num)`` starts ``num`` runs uniformly in ``[-2, 2]``;
+    ``from_points(z0, x, y)`` starts from given unconstrained points (leaves
+    ``[R, ...]``). Both return ``(z [R, ...], potential [R])``.
+    """
+
+    def __init__(self, model: Model, *, optimizer: str, steps: int, learning_rate: float,
+                 name: str = "mode") -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.steps = steps
+        self.learning_rate = learning_rate
+        self.name = name
+        self._from_key = jax.jit(self._run_from_key, static_argnums=3)
+        self._from_points = jax.jit(self._run_from_points)
+
+    def _optimise(self, z0: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> tuple[Any, jax.Array]:
+        flat0, unravel = ravel_pytree(z0)
+
+        def objective(flat: jax.Array) -> jax.Array:
+            u = potential_energy(self.model, (x, y), {}, unravel(flat))
+            return jnp.where(jnp.isfinite(u), u, jnp.asarray(1e30, u.dtype))
+
+        if self.optimizer == "lbfgs":
+            opt = optax.lbfgs()
+            value_and_grad = optax.value_and_grad_from_state(objective)
+
+            def step(carry: Any, _: Any) -> tuple[Any, jax.Array]:
+                flat, state = carry
+                value, grad = value_and_grad(flat, state=state)
+                updates, state = opt.update(grad, state, flat, value=value, grad=grad,
+                                            value_fn=objective)
+                return (optax.apply_updates(flat, updates), state), value
+        else:
+            opt = optax.adam(self.learning_rate)
+            value_and_grad = jax.value_and_grad(objective)
+
+            def step(carry: Any, _: Any) -> tuple[Any, jax.Array]:
+                flat, state = carry
+                value, grad = value_and_grad(flat)
+                updates, state = opt.update(grad, state, flat)
+                return (optax.apply_updates(flat, updates), state), value
+
+        (flat, _), _ = jax.lax.scan(step, (flat0, opt.init(flat0)), None, length=self.steps)
+        return unravel(flat), objective(flat)
+
+    def _run_from_points(self, z0: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> Any:
+        count_trace(self.name)
+        return jax.vmap(self._optimise, in_axes=(0, None, None))(z0, x, y)
+
+    def _run_from_key(self, key: jax.Array, x: jax.Array, y: jax.Array, num: int) -> Any:
+        count_trace(self.name)
+        z0 = uniform_unconstrained(self.model, key, num, x, y)
+        return jax.vmap(self._optimise, in_axes=(0, None, None))(z0, x, y)
+
+    def from_key(self, key: jax.Array, x: jax.Array, y: jax.Array, num: int) -> Any:
+        return self._from_key(key, x, y, num)
+
+    def from_points(self, z0: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> Any:
+        return self._from_points(z0, x, y)
+
+
+def make_constrain(model: Model, name: str) -> Callable[..., dict[str, jax.Array]]:
+    """A jitted ``(z [R, ...], x, y) -> sites [R, ...]``: unconstrained points to
+    constrained latent and deterministic sites."""
+
+    def run(z: Any, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+        count_trace(name + "/constrain")
+        out = constrain_fn(model, (x, y), {}, z, return_deterministic=True, batch_ndims=1)
+        names = _latent_names(model, x, y)
+        return {k: v for k, v in out.items() if k in names}
+
+    return jax.jit(run)
+
+
+def make_laplace(model: Model, name: str, *, hessian: str = "ggn", eigen_floor: float = 1e-8
+                 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """A jitted Laplace approximation of log p(y) at an unconstrained mode ``z``.
+
+    ``log Z ≈ -U(z) + P/2 log 2π - 1/2 log det H`` with ``U`` the potential
+    (log-Jacobian included, so the integral is over the unconstrained
+    coordinates, where the identity holds for any reparameterisation) and ``H``
+    its curvature at ``z``:
+
+    * ``hessian="ggn"`` (default): generalised Gauss-Newton for the likelihood
+      plus the exact Hessian of the prior part, as in MacKay (1992) and Immer
+      et al. (2021). Every observed site must be (an independent) Normal; its
+      Fisher information in ``(loc, log scale)`` is ``diag(1/scale^2, 2)``.
+      Positive semi-definite wherever the prior part is convex, so no spurious
+      volume from non-convex directions of a network's likelihood.
+    * ``hessian="exact"``: ``jax.hessian(U)``.
+
+    Eigenvalues of ``H`` below ``eigen_floor`` are raised to it.
+
+    The returned function maps ``(z, x, y)`` to ``(log_evidence,
+    number_of_floored_eigenvalues)``; ``x`` and ``y`` are the model's arguments
+    (for ``"ggn"`` the prior part is the model with its observed sites blocked).
+    """
+    if hessian not in ("ggn", "exact"):
+        raise ValueError(f"hessian must be 'ggn' or 'exact', got {hessian!r}")
+
+    def observed_normal(z: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        params = constrain_fn(model, (x, y), {}, z)
+        tr = trace(substitute(seed(model, rng_seed=0), data=params)).get_trace(x, y)
+        locs, log_scales = [], []
+        for site_name, site in tr.items():
+            if site["type"] != "sample" or not site["is_observed"]:
+                continue
+            fn = site["fn"]
+            while hasattr(fn, "base_dist"):
+                fn = fn.base_dist
+            if not isinstance(fn, numpyro.distributions.Normal):
+                raise TypeError(f"hessian='ggn' needs Normal observations; {site_name!r} is {type(fn).__name__}")
+            shape = jnp.shape(site["value"])
+            locs.append(jnp.broadcast_to(fn.loc, shape).reshape(-1))
+            log_scales.append(jnp.log(jnp.broadcast_to(fn.scale, shape)).reshape(-1))
+        return jnp.concatenate(locs), jnp.concatenate(log_scales)
+
+    def run(z: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        count_trace(name + "/laplace")
+        flat, unravel = ravel_pytree(z)
+
+        def u(f: jax.Array) -> jax.Array:
+            return potential_energy(model, (x, y), {}, unravel(f))
+
+        if hessian == "exact":
+            h = jax.hessian(u)(flat)
+        else:
+            prior_part = block(model, hide_fn=lambda msg: bool(msg.get("is_observed", False)))
+
+            def u_prior(f: jax.Array) -> jax.Array:
+                return potential_energy(prior_part, (x, y), {}, unravel(f))
+
+            def outputs(f: jax.Array) -> jax.Array:
+                loc, log_scale = observed_normal(unravel(f), x, y)
+                return jnp.concatenate([loc, log_scale])
+
+            m = jax.eval_shape(outputs, flat).shape[0]
+            jac = (jax.jacrev if m <= flat.shape[0] else jax.jacfwd)(outputs)(flat)  # [2M, P]
+            loc, log_scale = observed_normal(unravel(flat), x, y)
+            fisher = jnp.concatenate([jnp.exp(-2.0 * log_scale), jnp.full_like(log_scale, 2.0)])
+            h = jac.T @ (fisher[:, None] * jac) + jax.hessian(u_prior)(flat)
+        h = 0.5 * (h + h.T)
+        eig = jnp.linalg.eigvalsh(h)
+        logdet = jnp.sum(jnp.log(jnp.maximum(eig, eigen_floor)))
+        p = flat.shape[0]
+        log_z = -u(flat) + 0.5 * p * math.log(2.0 * math.pi) - 0.5 * logdet
+        return log_z, jnp.sum(eig < eigen_floor)
+
+    return jax.jit(run)
+
+
+# --- diagnostics ----------------------------------------------------------------
+
+
+class SamplingWarning(UserWarning):
+    """A sampler diagnostic (divergences, R-hat, ESS) flags a problem."""
+
+
+def warn_on_diagnostics(posterior: Any, diverging: np.ndarray, *, stacklevel: int = 3) -> dict[str, float]:
+    """Emits PyMC's warnings for divergences, R-hat and ESS; returns the figures.
+
+    Args:
+        posterior: an ``xarray.Dataset`` with ``chain`` and ``draw`` dims.
+        diverging: ``[C, S]`` post-warmup divergence flags.
+    """
+    import arviz as az
+
+    chains = int(diverging.shape[0])
+    n_div = int(np.sum(diverging))
+    figures: dict[str, float] = {"divergences": float(n_div)}
+    if n_div > 0:
+        warnings.warn(
+            f"There were {n_div} divergences after tuning. Increase `target_accept` or reparameterize.",
+            SamplingWarning, stacklevel=stacklevel)
+    ess = az.ess(posterior, method="bulk")
+    min_ess = float(np.nanmin([np.nanmin(np.asarray(v)) for v in ess.data_vars.values()]))
+    figures["min_ess_bulk"] = min_ess
+    if chains > 1:
+        rhat = az.rhat(posterior)
+        max_rhat = float(np.nanmax([np.nanmax(np.asarray(v)) for v in rhat.data_vars.values()]))
+        figures["max_rhat"] = max_rhat
+        if max_rhat > 1.01:
+            warnings.warn(
+                "The rhat statistic is larger than 1.01 for some parameters. This indicates problems"
+                " during sampling.", SamplingWarning, stacklevel=stacklevel)
+    if min_ess / chains < 100:
+        warnings.warn("The effective sample size per chain is smaller than 100 for some parameters.",
+                      SamplingWarning, stacklevel=stacklevel)
+    return figures

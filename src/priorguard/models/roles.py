@@ -1,0 +1,72 @@
+"""T, I and W: the roles a fitted model plays, and one entry point to fit any of them.
+
+``fit_role`` dispatches a role's spec (``model = "gp" | "bnn"``) to the GP or
+BNN backend with the role's stable site prefix, the feature names it sees and
+their declared ranges (inputs are scaled to [0, 1] by them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from jaxtyping import PRNGKeyArray
+
+from priorguard.models.base import Data, Posterior
+from priorguard.priors.models import BNNModel, GPModel
+
+Role = Literal["terminal", "instrumental", "world"]
+
+
+def fit_role(
+    spec: GPModel | BNNModel,
+    data: Data,
+    *,
+    key: PRNGKeyArray,
+    role: Role,
+    feature_names: Sequence[str],
+    feature_ranges: Sequence[tuple[float, float]] | None = None,
+) -> Posterior:
+    """Fits T, I or W as its spec says.
+
+    Args:
+        spec: the role's model spec.
+        data: ``x [N, D]`` (columns named by ``feature_names``), ``y [N, O]``.
+        key: consumed.
+        role: the site prefix (``terminal/kernel/lengthscale``, ``world/layer0/w``).
+        feature_names: names of the ``D`` input columns.
+        feature_ranges: ``(low, high)`` of each input column.
+
+    Returns:
+        A :class:`~priorguard.models.base.Posterior`.
+    """
+    if isinstance(spec, GPModel):
+        from priorguard.models.gp import fit_gp
+
+        return fit_gp(spec, data, key=key, feature_names=list(feature_names), site_prefix=role,
+                      feature_ranges=feature_ranges)
+    if isinstance(spec, BNNModel):
+        from priorguard.models.bnn import fit_bnn
+
+        return fit_bnn(spec, data, key=key, site_prefix=role, feature_ranges=feature_ranges)
+    raise TypeError(f"not a model spec: {type(spec).__name__}")
+
+
+def role_inputs(spec: GPModel | BNNModel, all_features: Sequence[str]) -> tuple[int, ...]:
+    """Observation columns a role's model reads (its ``features``, default all)."""
+    names = list(spec.features) if spec.features is not None else list(all_features)
+    return tuple(list(all_features).index(n) for n in names)
+
+
+def describe(spec: Any) -> str:
+    """One line: model kind, kernel or architecture, inference."""
+    from priorguard.priors.kernels import describe_kernel
+
+    if isinstance(spec, GPModel):
+        return f"gp[{describe_kernel(spec.kernel)}; {spec.inference.method}]"
+    if isinstance(spec, BNNModel):
+        arch = "x".join(map(str, spec.hidden)) or "linear"
+        extra = f"; {spec.simplicity.kind}" if spec.simplicity else ""
+        speed = f"; depth<= {spec.speed.max_depth}" if spec.speed else ""
+        return f"bnn[{arch} {spec.activation}{extra}{speed}; {spec.inference.method}]"
+    return type(spec).__name__

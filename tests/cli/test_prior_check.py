@@ -1,0 +1,47 @@
+"""`priorguard prior-check`: DataTrees with prior / prior_predictive groups, plots, nothing on bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from priorguard.analysis.diagnostics import read_datatree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "priorguard.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_prior_check_writes_datatrees_and_plots(tmp_path):
+    out = tmp_path / "pc"
+    r = cli("prior-check", "coin-shift", "--out", out, "--draws", "12")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["prior_instrumental.nc", "prior_instrumental.png", "prior_terminal.nc", "prior_terminal.png",
+                     "prior_world.nc", "prior_world.png", "prior_world_depth.png"]
+    dt = read_datatree(out / "prior_terminal.nc")
+    assert {"prior", "prior_predictive"} <= set(dt.children)
+    ls = dt["prior"]["terminal.kernel.lengthscale"].values  # the declared LogNormal(0, 1), ARD over 2 features
+    assert ls.shape == (1, 12, 2) and np.all(ls > 0)
+    f = dt["prior_predictive"]["f"]
+    assert f.sizes["feature"] == 2 and f.sizes["draw"] == 12
+    assert list(f["feature"].values) == ["coin_dx", "agent_x"]
+    # functions vary along the grid (a draw is a function, not a constant)
+    assert float(np.std(f.values[0, :, 0, :, 0], axis=-1).max()) > 1e-3
+    world = read_datatree(out / "prior_world.nc")
+    assert "world.depth" in world["prior"]  # the speed prior mixes depths
+
+
+def test_prior_check_bad_spec_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / "experiments" / "coin-shift.toml").read_text().replace('"HalfNormal", scale = 0.1',
+                                                                                 '"Normal", loc = 0.0, scale = 0.1'))
+    out = tmp_path / "pc"
+    r = cli("prior-check", bad, "--out", out)
+    assert r.returncode == 2 and "terminal.noise" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.toml"]
