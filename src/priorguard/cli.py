@@ -177,12 +177,13 @@ def schema(
 
 
 def _metrics_table(title: str, rows: list[tuple[str, dict]], keys: list[str]) -> Table:
+    """Metrics as rows, runs as columns (readable in a narrow terminal)."""
     t = Table(title=title)
-    t.add_column("run")
+    t.add_column("metric", no_wrap=True)
+    for name, _ in rows:
+        t.add_column(name, justify="right")
     for k in keys:
-        t.add_column(k, justify="right")
-    for name, metrics in rows:
-        t.add_row(name, *(_fmt(metrics.get(k)) for k in keys))
+        t.add_row(k, *(_fmt(metrics.get(k)) for _, metrics in rows))
     return t
 
 
