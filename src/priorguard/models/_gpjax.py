@@ -73,6 +73,9 @@ from priorguard.priors.kernels import (
 #: Jitter levels tried in turn, relative to the mean of the matrix diagonal.
 JITTER_LEVELS: tuple[float, ...] = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 
+#: Smallest matrix whose inverse goes to LAPACK ``potri`` through a host callback (CPU).
+POTRI_MIN_N = 1024
+
 _MATERN_NU = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}
 
 
@@ -389,6 +392,23 @@ def mean_value(program: GPProgram, theta: Mapping[str, Array]) -> Array:
     return theta[program.mean_constant.site]
 
 
+def map_unbatched(fn: Any, *args: Any) -> Any:
+    """``fn`` over the leading axis of ``args`` without batching its linear algebra.
+
+    ``lax.map`` (or a plain call when the axis has length 1) instead of
+    ``vmap``: jaxlib 0.10.2's CPU LAPACK kernels split a *batched*
+    ``trsm``/``potrf`` over the XLA thread pool (``ParallelBatchMap``) and
+    were seen to deadlock on a 2-core pool when two such calls ran at once.
+    Outputs and hyperparameter samples are few, so the sequential loop costs
+    nothing measurable.
+    """
+    n = jax.tree_util.tree_leaves(args)[0].shape[0]
+    if n == 1:
+        out = fn(*jax.tree_util.tree_map(lambda a: a[0], args))
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+    return jax.lax.map(lambda a: fn(*a), args)
+
+
 # --------------------------------------------------------------------------------------
 # Cholesky with escalating jitter, and the marginal likelihood with an analytic VJP
 # --------------------------------------------------------------------------------------
@@ -446,16 +466,21 @@ def _potri_host(chol: np.ndarray) -> np.ndarray:
 
 def _inverse_from_cholesky_xla(chol: Array) -> Array:
     eye = jnp.eye(chol.shape[-1], dtype=chol.dtype)
-    linv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
-    return jnp.swapaxes(linv, -1, -2) @ linv
+    return jax.scipy.linalg.cho_solve((chol, True), eye)
 
 
 def inverse_from_cholesky(chol: Float[Array, "N N"]) -> Float[Array, "N N"]:
-    """``(L L^T)^{-1}``; only the lower triangle is guaranteed (CPU: LAPACK ``potri``).
+    """``(L L^T)^{-1}``; only the lower triangle is guaranteed.
 
-    On CPU this is a host callback to ``scipy.linalg.lapack.dpotri`` (about
-    ``2/3 N^3`` flops, no XLA equivalent); elsewhere two triangular products.
+    On CPU with ``N >= POTRI_MIN_N`` this is a host callback to LAPACK
+    ``potri`` (``2/3 N^3`` flops; XLA has no equivalent and its triangular
+    solves against the identity cost three times as many). Below that size,
+    and on other platforms, it stays in XLA (``cho_solve`` against the
+    identity): the callback's fixed latency is not worth it for small
+    matrices, and on a crowded CPU that latency grows to milliseconds.
     """
+    if chol.shape[-1] < POTRI_MIN_N:
+        return _inverse_from_cholesky_xla(chol)
 
     def cpu(c: Array) -> Array:
         return jax.pure_callback(_potri_host, jax.ShapeDtypeStruct(c.shape, c.dtype), c,
@@ -721,6 +746,7 @@ __all__ = [
     "inverse_from_cholesky",
     "log_marginal_likelihood",
     "log_marginal_likelihood_autodiff",
+    "map_unbatched",
     "sample_features",
     "to_gpjax_kernel",
 ]

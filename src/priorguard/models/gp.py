@@ -3,7 +3,8 @@
 Shapes used throughout:
     N: training points; M: query points.
     D: input columns of ``data.x`` (the model reads the columns its spec names).
-    O: outputs (one independent GP per output, vmapped).
+    O: outputs (one independent GP per output; kernels and features vmapped, factorisations
+       mapped with ``lax.map``, see :func:`priorguard.models._gpjax.map_unbatched`).
     S: hyperparameter samples (1 for MAP; thinned NUTS draws otherwise).
 
 What a fit does:
@@ -323,7 +324,7 @@ class MapObjective:
         def total(u_flat: Array, x: Array, y: Array) -> Array:
             count_trace("gp/map_objective")
             u = self.unravel(u_flat)
-            return jnp.sum(jax.vmap(single, in_axes=(0, None, 1))(u, x, y))
+            return jnp.sum(backend.map_unbatched(lambda uo, yo: single(uo, x, yo), u, y.T))
 
         def constrain(u_flat: Array) -> dict[str, Array]:
             return jax.vmap(lambda u: constrain_fn(model, (None, None), {}, u))(self.unravel(u_flat))
@@ -450,8 +451,13 @@ def _conditioner(program: GPProgram) -> Any:
             alpha = jax.scipy.linalg.cho_solve((chol, True), y - backend.mean_value(program, theta))
             return chol, alpha, jitter
 
-        per_output = jax.vmap(one, in_axes=(0, None, 1))
-        return jax.jit(jax.vmap(per_output, in_axes=(0, None, None)))
+        def run(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array, Array]:
+            s, o = theta[program.noise.site].shape[:2]
+            flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), dict(theta))
+            out = backend.map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
+            return jax.tree_util.tree_map(lambda a: a.reshape(s, o, *a.shape[1:]), out)
+
+        return jax.jit(run)
 
     return cached_program(("gp/condition", program), build)
 
@@ -538,11 +544,13 @@ def _exact_components(state: ExactGPState, x: Array) -> tuple[Array, Array, Arra
     count_trace("gp/predict")
     xs = state.model_inputs(x)
 
-    def per_output(theta: Any, chol: Array, alpha: Array) -> tuple[Array, Array, Array]:
+    def one(theta: Any, chol: Array, alpha: Array) -> tuple[Array, Array, Array]:
         return _latent_moments(state.program, theta, chol, alpha, state.x, xs)
 
-    per_sample = jax.vmap(jax.vmap(per_output, out_axes=1), out_axes=0)
-    mean, var, noise = per_sample(state.theta, state.chol, state.alpha)
+    s, o = state.alpha.shape[:2]
+    flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), (state.theta, state.chol, state.alpha))
+    out = backend.map_unbatched(one, *flat)  # each [S * O, M]
+    mean, var, noise = (jnp.swapaxes(a.reshape(s, o, -1), 1, 2) for a in out)
     return mean * state.y_scale + state.y_mean, var * state.y_scale**2, noise * state.y_scale**2
 
 
@@ -566,12 +574,12 @@ def _exact_draw_params(state: ExactGPState, key: PRNGKeyArray, n: int, per_block
     count_trace("gp/draws")
     program, kernel = state.program, state.program.kernel
     k_idx, k_draw = jax.random.split(key)
-    num_samples = state.weights.shape[0]
+    num_samples, num_outputs = state.alpha.shape[:2]
     idx = jax.random.choice(k_idx, num_samples, (n,), p=state.weights)
-    keys = jax.random.split(k_draw, (n, state.y.shape[1]))
+    keys = jax.random.split(k_draw, (n, num_outputs))
     feats = backend.num_features(kernel, per_block)
 
-    def one(theta: Any, chol: Array, y: Array, k: PRNGKeyArray) -> dict[str, Any]:
+    def prior_part(theta: Any, y: Array, k: PRNGKeyArray) -> dict[str, Any]:
         kf, kw, ke = jax.random.split(k, 3)
         fparams = backend.sample_features(kernel, theta, kf, per_block)
         w = jax.random.normal(kw, (feats,), dtype=state.x.dtype)
@@ -582,23 +590,35 @@ def _exact_draw_params(state: ExactGPState, key: PRNGKeyArray, n: int, per_block
                 kernel, theta, state.x, white=False)
         eps = jnp.sqrt(noise_var) * jax.random.normal(ke, y.shape, dtype=state.x.dtype)
         resid = y - backend.mean_value(program, theta) - f_train - eps
-        v = jax.scipy.linalg.cho_solve((chol, True), resid)
-        return {"theta": theta, "features": fparams, "w": w, "v": v}
+        return {"theta": theta, "features": fparams, "w": w, "resid": resid}
 
     def draw(args: tuple[Array, Array]) -> dict[str, Any]:
         i, k = args
         theta = jax.tree_util.tree_map(lambda a: a[i], state.theta)
-        return jax.vmap(one)(theta, state.chol[i], state.y.T, k)
+        return jax.vmap(prior_part)(theta, state.y.T, k)
 
-    return jax.lax.map(draw, (idx, keys), batch_size=batch)
+    parts = jax.lax.map(draw, (idx, keys), batch_size=batch)
+    resid = parts.pop("resid")  # [n, O, N]
+
+    def solve(chol: Array, r: Array) -> Array:
+        return jax.scipy.linalg.cho_solve((chol, True), r)
+
+    if num_samples == 1:  # one factor per output, all draws as right-hand sides
+        v = backend.map_unbatched(lambda c, r: solve(c, r.T).T, state.chol[0], jnp.swapaxes(resid, 0, 1))
+        parts["v"] = jnp.swapaxes(v, 0, 1)
+    else:
+        parts["v"] = jax.lax.map(lambda a: backend.map_unbatched(solve, state.chol[a[0]], a[1]), (idx, resid))
+    return parts
 
 
 @dataclass(frozen=True, eq=False)
 class ExactDrawFn:
     """``apply_fn`` of exact-GP draws: prior features plus the canonical-basis update.
 
-    ``f(x) = phi(x) w + k(x, X) v + m`` per output, then back to raw units.
-    Hashes by identity (it closes over the training inputs).
+    ``f(x) = phi(x) w + k(x, X) v + m`` per output, then back to raw units
+    (compiled once per program and shapes). ``x_train`` is ``[N, D]``
+    (exact GP) or ``[O, M, D]`` (inducing inputs of a sparse GP). Hashes by
+    identity (it holds the training inputs).
     """
 
     program: GPProgram
@@ -611,15 +631,26 @@ class ExactDrawFn:
     y_scale: Array
 
     def __call__(self, params: Mapping[str, Any], x: Float[Array, "M D"]) -> Float[Array, "M O"]:
-        xs = (jnp.asarray(x, dtype=self.x_train.dtype)[:, jnp.asarray(self.columns)] - self.low) / self.scale
-        kernel = self.program.kernel
+        return _apply_exact(self.program, self.per_block, self.columns, self.x_train, self.low, self.scale,
+                            self.y_mean, self.y_scale, params, x)
 
-        def one(p: Mapping[str, Any]) -> Array:
-            f = backend.eval_features(kernel, p["theta"], p["features"], xs, self.per_block) @ p["w"]
-            f = f + backend.gram(kernel, p["theta"], xs, self.x_train, same=False) @ p["v"]
-            return f + backend.mean_value(self.program, p["theta"])
 
-        return jax.vmap(one, out_axes=1)(params) * self.y_scale + self.y_mean
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _apply_exact(program: GPProgram, per_block: int, columns: tuple[int, ...], x_train: Array, low: Array,
+                 scale: Array, y_mean: Array, y_scale: Array, params: Mapping[str, Any], x: Array) -> Array:
+    xs = (jnp.asarray(x, dtype=x_train.dtype)[:, jnp.asarray(columns)] - low) / scale
+    kernel = program.kernel
+
+    def one(p: Mapping[str, Any], x_fit: Array) -> Array:
+        f = backend.eval_features(kernel, p["theta"], p["features"], xs, per_block) @ p["w"]
+        f = f + backend.gram(kernel, p["theta"], xs, x_fit, same=False) @ p["v"]
+        return f + backend.mean_value(program, p["theta"])
+
+    if x_train.ndim == 2:  # exact GP: training inputs shared by all outputs
+        out = jax.vmap(one, in_axes=(0, None), out_axes=1)(params, x_train)
+    else:  # sparse GP: inducing inputs per output [O, M, D]
+        out = jax.vmap(one, in_axes=(0, 0), out_axes=1)(params, x_train)
+    return out * y_scale + y_mean
 
 
 @dataclass(frozen=True, eq=False)
@@ -745,13 +776,41 @@ def _exact_loo_one(chol: Array, alpha: Array) -> tuple[Array, Array]:
     return alpha / kinv_diag, 1.0 / kinv_diag  # residual y_i - mu_-i, and its variance
 
 
+def _loo_log_density(resid: Array, var: Array, y_scale: Array) -> Array:
+    """``[..., O, N]`` residuals and variances (model units) -> ``[..., N]`` raw-unit log densities."""
+    ys = y_scale[:, None]
+    return jnp.sum(-0.5 * (jnp.log(2 * jnp.pi * var * ys**2) + resid**2 / var), axis=-2)
+
+
 @jax.jit
 def _exact_loo(state: ExactGPState) -> Array:
     count_trace("gp/loo")
-    resid, var = jax.vmap(jax.vmap(_exact_loo_one))(state.chol, state.alpha)  # [S, O, N]
-    ys = state.y_scale[None, :, None]
-    lp = -0.5 * (jnp.log(2 * jnp.pi * var * ys**2) + resid**2 / var)
-    return jnp.sum(lp, axis=1)
+    s, o, n = state.alpha.shape
+    resid, var = backend.map_unbatched(_exact_loo_one, state.chol.reshape(s * o, n, n), state.alpha.reshape(s * o, n))
+    return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), state.y_scale)
+
+
+def _loo_from_theta(program: GPProgram) -> Any:
+    """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept)."""
+
+    def build() -> Any:
+        def one(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array]:
+            k = backend.training_covariance(program, theta, x)
+            chol, _ = backend.cholesky_with_jitter(k)
+            alpha = jax.scipy.linalg.cho_solve((chol, True), y - backend.mean_value(program, theta))
+            return _exact_loo_one(chol, alpha)
+
+        def run(theta: Mapping[str, Array], x: Array, y: Array, y_scale: Array) -> Array:
+            count_trace("gp/loo_samples")
+            s, o = theta[program.noise.site].shape[:2]
+            flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), dict(theta))
+            resid, var = backend.map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
+            n = x.shape[0]
+            return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale)
+
+        return jax.jit(run)
+
+    return cached_program(("gp/loo_samples", program), build)
 
 
 # --------------------------------------------------------------------------------------
@@ -1070,7 +1129,9 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     hyperparameters, but this factor is what makes ``az.loo``'s importance
     weights ``1 / p(y_i | y_-i, theta)`` exact, so its ``elpd`` is the GP's
     leave-one-out predictive density with the hyperparameters integrated.
-    For NUTS it covers the thinned draws used for prediction (``chain=1``).
+    Its ``chain`` and ``draw`` match ``posterior``. With one draw (MAP)
+    ``az.loo`` cannot run; the exact LOO ``elpd`` is then in the attribute
+    ``elpd_loo_exact``.
     ``posterior_predictive`` holds ``ppc_draws`` replicated datasets at the
     training inputs (joint over points: function draw plus noise).
     Variable names are site names with ``/`` written ``.``.
@@ -1088,7 +1149,14 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     elif record.method != "fixed":
         groups["sample_stats"] = xr.Dataset({"lp": (["chain", "draw"], record.log_joint)},
                                             coords={"chain": [0], "draw": [0]})
-    loo = np.asarray(post.loo_log_density())[None]  # [1, S, N]
+    if record.method == "nuts":
+        first = next(iter(record.samples.values()))
+        c, s = first.shape[:2]
+        flat = {k: v.reshape(c * s, *v.shape[2:]) for k, v in record.samples.items()}
+        theta = theta_from_sites(st.program, flat, (c * s, prep.num_outputs))
+        loo = np.asarray(_loo_from_theta(st.program)(theta, st.x, st.y, st.y_scale)).reshape(c, s, -1)
+    else:
+        loo = np.asarray(post.loo_log_density())[None]  # [1, 1, N]
     draws = post.sample_functions(jax.random.key(0) if record.key is None else record.key, ppc_draws)
     f = np.asarray(draws(jnp.asarray(prep.raw_x)))  # [R, N, O]
     noise_sd = np.sqrt(np.asarray(mixture_moments(st.weights, *_exact_components(st, jnp.asarray(prep.raw_x))
@@ -1098,5 +1166,7 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     dt = xr.DataTree.from_dict(groups)
     dt.attrs.update({"model": "gp", "inference": record.method, "site_prefix": prefix,
                      "kernel": st.program.describe(), "jitter": post.jitter})
+    if record.method != "nuts":
+        dt.attrs["elpd_loo_exact"] = float(np.sum(loo))
     return dt
 

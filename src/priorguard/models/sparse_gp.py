@@ -1,7 +1,7 @@
 """Sparse variational GP (SVGP) with inducing points, trained on minibatches.
 
 Shapes: N training points, M inducing points, B minibatch, D input columns,
-O outputs (one independent SVGP per output, vmapped).
+O outputs (one independent SVGP per output).
 
 Fitting, for Gaussian likelihoods (Hensman et al., 2013; Titsias, 2009;
 Salimbeni et al., 2018):
@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
@@ -45,6 +44,7 @@ from priorguard.models._gpjax import GPProgram
 from priorguard.models._numpyro_util import cached_program, count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.gp import (
+    ExactDrawFn,
     FitRecord,
     fit_map,
     map_objective,
@@ -144,7 +144,8 @@ class SvgpTrainer:
             return -scale * ell + prior_term, (lam_t, h_t)
 
         def total(params: Mapping[str, Any], lam: Array, h: Array, x: Array, y: Array, idx: Array) -> Any:
-            loss, aux = jax.vmap(loss_one, in_axes=(0, 0, 0, None, 1, None))(params, lam, h, x, y, idx)
+            loss, aux = backend.map_unbatched(lambda p, lm, hh, yy: loss_one(p, lm, hh, x, yy, idx),
+                                              params, lam, h, y.T)
             return jnp.sum(loss), aux
 
         def train(params: Mapping[str, Any], key: PRNGKeyArray, x: Array, y: Array) -> tuple[Any, Array, Array, Array]:
@@ -229,8 +230,8 @@ def _optimal_q(program: GPProgram) -> Any:
     def build() -> Any:
         def run(theta: Any, z: Array, x: Array, y: Array, mask: Array) -> Any:
             count_trace("gp/svgp_optimal_q")
-            return jax.vmap(functools.partial(_optimal_q_one, program), in_axes=(0, 0, None, 2, None))(
-                theta, z, x, y, mask)
+            return backend.map_unbatched(lambda th, zz, yy: _optimal_q_one(program, th, zz, x, yy, mask),
+                                         theta, z, jnp.moveaxis(y, 2, 0))
 
         return jax.jit(run)
 
@@ -280,7 +281,8 @@ def _sparse_moments(state: SparseGPState, x: Array) -> tuple[Array, Array, Array
         mean, var = _marginals(program, theta, z, chol_z, q_mu, q_sqrt, xs)
         return mean, var, _noise_var(program, theta, xs)
 
-    mean, var, noise = jax.vmap(one, out_axes=1)(state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt)
+    out = backend.map_unbatched(one, state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt)
+    mean, var, noise = (a.T for a in out)
     return mean * state.y_scale + state.y_mean, var * state.y_scale**2, noise * state.y_scale**2
 
 
@@ -291,42 +293,22 @@ def _sparse_draw_params(state: SparseGPState, key: PRNGKeyArray, n: int, per_blo
     feats = backend.num_features(kernel, per_block)
     keys = jax.random.split(key, (n, state.z.shape[0]))
 
-    def one(theta: Any, z: Array, chol_z: Array, q_mu: Array, q_sqrt: Array, k: PRNGKeyArray) -> dict[str, Any]:
+    def prior_part(theta: Any, z: Array, chol_z: Array, q_mu: Array, q_sqrt: Array, k: PRNGKeyArray) -> dict[str, Any]:
         kf, kw, ku = jax.random.split(k, 3)
         fparams = backend.sample_features(kernel, theta, kf, per_block)
         w = jax.random.normal(kw, (feats,), dtype=z.dtype)
         f_z = backend.eval_features(kernel, theta, fparams, z, per_block) @ w
         u = chol_z @ (q_mu + q_sqrt @ jax.random.normal(ku, q_mu.shape, dtype=z.dtype))
-        v = jax.scipy.linalg.cho_solve((chol_z, True), u - backend.mean_value(state.program, theta) - f_z)
-        return {"theta": theta, "features": fparams, "w": w, "v": v}
+        resid = u - backend.mean_value(state.program, theta) - f_z
+        return {"theta": theta, "features": fparams, "w": w, "resid": resid}
 
-    per_output = jax.vmap(one)
-    return jax.vmap(lambda k: per_output(state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt, k))(keys)
-
-
-@dataclass(frozen=True, eq=False)
-class SparseDrawFn:
-    """``apply_fn`` of SVGP draws: ``phi(x) w + k(x, Z_o) v + m`` per output, raw units."""
-
-    program: GPProgram
-    per_block: int
-    columns: tuple[int, ...]
-    z: Array
-    low: Array
-    scale: Array
-    y_mean: Array
-    y_scale: Array
-
-    def __call__(self, params: Mapping[str, Any], x: Float[Array, "M D"]) -> Float[Array, "M O"]:
-        xs = (jnp.asarray(x, dtype=self.z.dtype)[:, jnp.asarray(self.columns)] - self.low) / self.scale
-        kernel = self.program.kernel
-
-        def one(p: Mapping[str, Any], z: Array) -> Array:
-            f = backend.eval_features(kernel, p["theta"], p["features"], xs, self.per_block) @ p["w"]
-            f = f + backend.gram(kernel, p["theta"], xs, z, same=False) @ p["v"]
-            return f + backend.mean_value(self.program, p["theta"])
-
-        return jax.vmap(one, out_axes=1)(params, self.z) * self.y_scale + self.y_mean
+    parts = jax.vmap(lambda k: jax.vmap(prior_part)(state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt,
+                                                    k))(keys)
+    resid = parts.pop("resid")  # [n, O, M]
+    v = backend.map_unbatched(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r.T).T, state.chol_z,
+                              jnp.swapaxes(resid, 0, 1))
+    parts["v"] = jnp.swapaxes(v, 0, 1)
+    return parts
 
 
 class SparseGPPosterior(eqx.Module):
@@ -367,7 +349,7 @@ class SparseGPPosterior(eqx.Module):
         """``n`` pathwise draws from the SVGP posterior (``u ~ q``)."""
         st = self.state
         params = _sparse_draw_params(st, key, n, num_features)
-        fn = SparseDrawFn(st.program, num_features, st.columns, st.z, st.low, st.scale, st.y_mean, st.y_scale)
+        fn = ExactDrawFn(st.program, num_features, st.columns, st.z, st.low, st.scale, st.y_mean, st.y_scale)
         return FunctionDraws(params=params, apply_fn=fn)
 
     def map_hyperparameters(self) -> dict[str, np.ndarray]:

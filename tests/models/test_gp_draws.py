@@ -1,0 +1,83 @@
+"""Pathwise function draws: they reproduce the posterior's moments and are functions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from priorguard.models.base import FunctionDraws, as_data
+from priorguard.models.gp import condition_gp
+from priorguard.priors.kernels import parse_kernel
+
+RNG = np.random.default_rng(7)
+
+
+def _latent_covariance(post, xs):
+    """Posterior latent covariance by the closed form, from the posterior's own factor (MAP/fixed)."""
+    st = post.state
+    from priorguard.models import _gpjax as backend
+
+    theta = {k: v[0, 0] for k, v in st.theta.items()}
+    u = st.model_inputs(jnp.asarray(xs))
+    kxs = backend.gram(st.program.kernel, theta, st.x, u, same=False)
+    v = jax.scipy.linalg.solve_triangular(st.chol[0, 0], kxs, lower=True)
+    cov = backend.gram(st.program.kernel, theta, u, u, same=False) - v.T @ v
+    return np.asarray(cov) * float(st.y_scale[0]) ** 2
+
+
+def _check_moments(post, xs, n_draws, key):
+    draws = post.sample_functions(key, n_draws, num_features=256)
+    f = np.asarray(draws(jnp.asarray(xs)))[:, :, 0]  # [S, M]
+    pred = post.predict(jnp.asarray(xs))
+    mean, cov = np.asarray(pred.mean[:, 0]), _latent_covariance(post, xs)
+    np.testing.assert_allclose(np.diag(cov), pred.epistemic_var[:, 0], rtol=1e-8, atol=1e-12)
+    # mean: within 5 Monte-Carlo standard errors
+    se_mean = f.std(0) / np.sqrt(n_draws)
+    assert np.all(np.abs(f.mean(0) - mean) < 5 * se_mean + 1e-12), (f.mean(0) - mean) / se_mean
+    # covariance: within 5 empirical standard errors of each entry
+    c = f - f.mean(0)
+    prods = c[:, :, None] * c[:, None, :]
+    se_cov = prods.std(0) / np.sqrt(n_draws)
+    z = (prods.mean(0) - cov) / (se_cov + 1e-15)
+    assert np.max(np.abs(z)) < 5.0, np.max(np.abs(z))
+    return draws
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "rbf", "lengthscale": 0.2, "variance": 1.0},
+    {"kind": "sum", "terms": [{"kind": "matern32", "lengthscale": 0.3, "variance": 0.7},
+                              {"kind": "linear", "variance": 0.5}]},
+    {"kind": "product", "terms": [{"kind": "periodic", "lengthscale": 0.6, "variance": 1.0, "period": 0.4},
+                                  {"kind": "polynomial", "degree": 2, "variance": 0.8, "shift": 0.5}]},
+], ids=["rbf", "matern32+linear", "periodic*polynomial"])
+def test_draws_reproduce_posterior_mean_and_covariance(spec):
+    x = RNG.random((15, 1))
+    y = np.sin(7 * x[:, 0]) + 0.1 * RNG.standard_normal(15)
+    post = condition_gp(parse_kernel(spec), as_data(x, y), noise=0.1, feature_ranges=[(0.0, 1.0)])
+    xs = np.linspace(-0.2, 1.2, 6)[:, None]  # inside and outside the data
+    _check_moments(post, xs, 4000, jax.random.key(11))
+
+
+def test_a_draw_is_a_function():
+    x = RNG.random((12, 2))
+    post = condition_gp(parse_kernel({"kind": "rbf", "lengthscale": 0.3, "variance": 1.0}),
+                        as_data(x, np.stack([x[:, 0], -x[:, 1]], 1)), noise=0.1, feature_ranges=[(0, 1)] * 2)
+    draws = post.sample_functions(jax.random.key(0), 5)
+    assert isinstance(draws, FunctionDraws) and draws.num_draws == 5
+    xq = jnp.asarray(RNG.random((4, 2)))
+    a, b = draws(xq), draws(xq)
+    assert a.shape == (5, 4, 2)
+    np.testing.assert_array_equal(a, b)
+    # evaluating one draw at a point does not depend on the other points
+    np.testing.assert_allclose(draws.one(3, xq[1:2])[0], a[3, 1], atol=1e-12)
+    # FunctionDraws is a pytree: it goes through jit as an argument, with a traced index
+    one = jax.jit(lambda d, i, xx: d.one(i, xx))
+    np.testing.assert_allclose(one(draws, jnp.int32(3), xq), a[3], atol=1e-12)
+    per = draws.per_draw(jnp.broadcast_to(xq, (5, 4, 2)))
+    np.testing.assert_allclose(per, a, atol=1e-12)
+    # the same key gives the same worlds, another key other worlds
+    again = post.sample_functions(jax.random.key(0), 5)(xq)
+    np.testing.assert_array_equal(again, a)
+    assert not np.allclose(post.sample_functions(jax.random.key(1), 5)(xq), a)

@@ -1,0 +1,125 @@
+"""Statistical checks: interval coverage, hyperparameter recovery, simulation-based calibration.
+
+Reduced sizes by default; ``PRIORGUARD_FULL=1`` runs the ``slow`` full-size forms.
+Tolerances come from binomial / Monte-Carlo error, not from tuning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from priorguard.models.base import as_data
+from priorguard.models.gp import fit_exact_gp
+from priorguard.priors.distributions import Prior
+from priorguard.priors.kernels import parse_kernel
+from priorguard.priors.models import MapInference, NutsInference
+
+FULL = os.environ.get("PRIORGUARD_FULL") == "1"
+
+
+def _gp_draw(rng, x, lengthscale, variance, noise):
+    d = (x[:, None, :] - x[None, :, :]) / lengthscale
+    k = variance * np.exp(-0.5 * np.sum(d * d, -1)) + 1e-10 * np.eye(len(x))
+    f = np.linalg.cholesky(k) @ rng.standard_normal(len(x))
+    return f, f + noise * rng.standard_normal(len(x))
+
+
+def _coverage(datasets: int, seed: int) -> tuple[float, int]:
+    """Pooled coverage of 90% predictive intervals on held-out points of GP-prior datasets."""
+    rng = np.random.default_rng(seed)
+    hits, total = 0, 0
+    z = stats.norm.ppf(0.95)
+    for i in range(datasets):
+        x = rng.random((50, 1))
+        _, y = _gp_draw(rng, x, 0.2, 1.0, 0.2)
+        post = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x[:40], y[:40]), key=jax.random.key(i),
+                            feature_ranges=[(0.0, 1.0)], inference=MapInference(method="map", steps=100))
+        pred = post.predict(jnp.asarray(x[40:]))
+        sd = np.sqrt(np.asarray(pred.total_var[:, 0]))
+        hits += int(np.sum(np.abs(y[40:] - np.asarray(pred.mean[:, 0])) <= z * sd))
+        total += 10
+    return hits / total, total
+
+
+def _assert_binomial(rate: float, n: int, p: float = 0.9, sigmas: float = 4.0) -> None:
+    band = sigmas * math.sqrt(p * (1 - p) / n)
+    assert abs(rate - p) <= band, f"coverage {rate:.3f} outside {p} +- {band:.3f} (n={n})"
+
+
+def test_predictive_interval_coverage():
+    rate, n = _coverage(datasets=20, seed=1)
+    _assert_binomial(rate, n)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="full size runs with PRIORGUARD_FULL=1")
+def test_predictive_interval_coverage_full():
+    rate, n = _coverage(datasets=200, seed=2)
+    _assert_binomial(rate, n)
+
+
+def test_map_recovers_lengthscale_from_500_points():
+    rng = np.random.default_rng(3)
+    x = rng.random((500, 2))
+    true_ls = np.array([0.15, 0.5])
+    _, y = _gp_draw(rng, x, true_ls, 1.0, 0.1)
+    post = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0),
+                        feature_ranges=[(0.0, 1.0)] * 2, standardize=False)
+    hp = post.map_hyperparameters()
+    ls = hp["terminal/kernel/lengthscale"][0]
+    # the lengthscale posterior at N=500 has a few percent relative sd; 20% is > 4 sd
+    np.testing.assert_allclose(ls, true_ls, rtol=0.2)
+    np.testing.assert_allclose(hp["terminal/noise"][0], 0.1, rtol=0.15)
+
+
+# --- simulation-based calibration (Talts et al., 2018) of NUTS over hyperparameters ------
+
+LS_PRIOR = Prior(dist="LogNormal", params={"loc": math.log(0.3), "scale": 0.4})
+NOISE_PRIOR = Prior(dist="LogNormal", params={"loc": math.log(0.3), "scale": 0.4})
+
+
+def _sbc_ranks(replicates: int, seed: int, thin: int, draws: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kernel = parse_kernel({"kind": "rbf", "lengthscale": LS_PRIOR.model_dump(), "variance": 1.0})
+    nuts = NutsInference(method="nuts", warmup=150, samples=draws * thin, chains=1)
+    x = np.linspace(0.0, 1.0, 12)[:, None]
+    ranks = []
+    for r in range(replicates):
+        ls = math.exp(math.log(0.3) + 0.4 * rng.standard_normal())
+        noise = math.exp(math.log(0.3) + 0.4 * rng.standard_normal())
+        _, y = _gp_draw(rng, x, ls, 1.0, noise)
+        post = fit_exact_gp(kernel, as_data(x, y), key=jax.random.key(r), noise=NOISE_PRIOR, inference=nuts,
+                            feature_ranges=[(0.0, 1.0)], standardize=False)
+        s = post.hyperparameters
+        post_ls = s["terminal/kernel/lengthscale"][0, ::thin, 0, 0]
+        post_noise = s["terminal/noise"][0, ::thin, 0]
+        ranks.append([np.sum(post_ls < ls), np.sum(post_noise < noise)])
+    return np.asarray(ranks)
+
+
+def _assert_uniform_ranks(ranks: np.ndarray, draws: int, bins: int) -> None:
+    for j in range(ranks.shape[1]):
+        counts = np.histogram(ranks[:, j], bins=bins, range=(0, draws + 1))[0]
+        p = stats.chisquare(counts).pvalue
+        assert p > 1e-3, f"SBC ranks of parameter {j} are not uniform: counts {counts}, p={p:.2g}"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sbc_hyperparameters_reduced():
+    ranks = _sbc_ranks(replicates=24, seed=4, thin=10, draws=11)
+    _assert_uniform_ranks(ranks, draws=11, bins=4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="full size runs with PRIORGUARD_FULL=1")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sbc_hyperparameters_full():
+    ranks = _sbc_ranks(replicates=200, seed=5, thin=10, draws=19)
+    _assert_uniform_ranks(ranks, draws=19, bins=10)
