@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from priorguard.models.base import FunctionDraws, as_data
-from priorguard.models.gp import condition_gp
+from priorguard.models.gp import _exact_draw_params, condition_gp
 from priorguard.priors.kernels import parse_kernel
 
 RNG = np.random.default_rng(7)
@@ -47,14 +47,19 @@ def _check_moments(post, xs, n_draws, key):
 
 @pytest.mark.parametrize("spec", [
     {"kind": "rbf", "lengthscale": 0.2, "variance": 1.0},
-    {"kind": "sum", "terms": [{"kind": "matern32", "lengthscale": 0.3, "variance": 0.7},
-                              {"kind": "linear", "variance": 0.5}]},
-    {"kind": "product", "terms": [{"kind": "periodic", "lengthscale": 0.6, "variance": 1.0, "period": 0.4},
-                                  {"kind": "polynomial", "degree": 2, "variance": 0.8, "shift": 0.5}]},
-], ids=["rbf", "matern32+linear", "periodic*polynomial"])
+    # every feature family at once: Matern Fourier features, the exact linear basis,
+    # the periodic kernel's circle embedding, random Maclaurin features, a product
+    {"kind": "sum", "terms": [
+        {"kind": "matern32", "lengthscale": 0.3, "variance": 0.7},
+        {"kind": "linear", "variance": 0.5},
+        {"kind": "product", "terms": [
+            {"kind": "periodic", "lengthscale": 0.6, "variance": 1.0, "period": 0.4},
+            {"kind": "polynomial", "degree": 2, "variance": 0.8, "shift": 0.5}]}]},
+], ids=["rbf", "matern32+linear+periodic*polynomial"])
 def test_draws_reproduce_posterior_mean_and_covariance(spec):
-    x = RNG.random((15, 1))
-    y = np.sin(7 * x[:, 0]) + 0.1 * RNG.standard_normal(15)
+    rng = np.random.default_rng(7)
+    x = rng.random((15, 1))
+    y = np.sin(7 * x[:, 0]) + 0.1 * rng.standard_normal(15)
     post = condition_gp(parse_kernel(spec), as_data(x, y), noise=0.1, feature_ranges=[(0.0, 1.0)])
     xs = np.linspace(-0.2, 1.2, 6)[:, None]  # inside and outside the data
     _check_moments(post, xs, 4000, jax.random.key(11))
@@ -81,3 +86,8 @@ def test_a_draw_is_a_function():
     again = post.sample_functions(jax.random.key(0), 5)(xq)
     np.testing.assert_array_equal(again, a)
     assert not np.allclose(post.sample_functions(jax.random.key(1), 5)(xq), a)
+    # large N x features are drawn in padded chunks; the draws do not depend on the chunking
+    chunked = _exact_draw_params(post.state, jax.random.key(0), 5, 512, 2)
+    for u, v in zip(jax.tree_util.tree_leaves(draws.params), jax.tree_util.tree_leaves(chunked)):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+

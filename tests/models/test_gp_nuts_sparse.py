@@ -12,34 +12,32 @@ import pytest
 
 from priorguard.models.base import Posterior, as_data
 from priorguard.models.gp import GPPosterior, SamplingWarning, fit_exact_gp, fit_gp
-from priorguard.models.sparse_gp import SparseGPPosterior, fit_sparse_gp
+from priorguard.models.sparse_gp import SparseGPPosterior
 from priorguard.priors.kernels import parse_kernel
 from priorguard.priors.models import GPModel, NutsInference, SparseSpec
 
-RNG = np.random.default_rng(99)
-
 
 def test_nuts_posterior_mixes_samples_and_converts_to_arviz():
+    RNG = np.random.default_rng(99)
     x = RNG.random((20, 1))
     y = np.sin(6 * x[:, 0]) + 0.1 * RNG.standard_normal(20)
-    nuts = NutsInference(method="nuts", warmup=50, samples=50, chains=2)
+    nuts = NutsInference(method="nuts", warmup=40, samples=40, chains=2)
     with pytest.warns(SamplingWarning) as caught:
         post = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), inference=nuts,
                             feature_ranges=[(0.0, 1.0)], max_predictive_samples=40)
     messages = [str(w.message) for w in caught]
-    # 50 draws per chain cannot give an ESS of 100 per chain: PyMC's words
+    # 40 draws per chain cannot give an ESS of 100 per chain: PyMC's words
     assert "The effective sample size per chain is smaller than 100 for some parameters." in messages
     assert isinstance(post, Posterior) and post.state.weights.shape == (40,)
     pred = post.predict(jnp.asarray(x[:5]))
     # the mixture variance is at least the mean of the component variances
-    mean, var, _ = (np.asarray(a) for a in __import__("priorguard.models.gp", fromlist=["_"])._exact_components(
-        post.state, jnp.asarray(x[:5])))
+    mean, var, _ = (np.asarray(a) for a in post.sample_moments(jnp.asarray(x[:5])))
     assert np.all(np.asarray(pred.epistemic_var) >= var.mean(0) - 1e-12)
     np.testing.assert_allclose(pred.mean, mean.mean(0), atol=1e-12)
     dt = post.to_datatree()
-    assert dt["posterior"]["terminal.kernel.lengthscale"].shape == (2, 50, 1, 1)
+    assert dt["posterior"]["terminal.kernel.lengthscale"].shape == (2, 40, 1, 1)
     assert set(dt["sample_stats"].data_vars) >= {"diverging", "tree_depth", "lp"}
-    assert dt["log_likelihood"]["terminal.y"].shape == (2, 50, 20)
+    assert dt["log_likelihood"]["terminal.y"].shape == (2, 40, 20)
     assert dt["posterior_predictive"]["terminal.y"].shape[2:] == (20, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -51,25 +49,29 @@ def test_nuts_posterior_mixes_samples_and_converts_to_arviz():
 
 
 def test_sparse_gp_agrees_with_exact_gp():
-    n = 1000
+    RNG = np.random.default_rng(100)
+    n = 800
     x = RNG.random((n, 2))
     y = np.stack([np.sin(6 * x[:, 0]) + 0.3 * x[:, 1], np.cos(4 * x[:, 1])], 1) + 0.1 * RNG.standard_normal((n, 2))
-    sparse = SparseSpec(inducing=48, batch_size=256, steps=200, learning_rate=0.02)
-    post = fit_sparse_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), sparse=sparse,
-                         feature_ranges=[(0.0, 1.0)] * 2)
+    spec = GPModel.model_validate({"model": "gp", "kernel": {"kind": "rbf"},
+                                   "sparse": {"inducing": 48, "batch_size": 256, "steps": 100,
+                                              "learning_rate": 0.02}})
+    post = fit_gp(spec, as_data(x, y), key=jax.random.key(0), feature_ranges=[(0.0, 1.0)] * 2)
     assert isinstance(post, SparseGPPosterior) and isinstance(post, Posterior)
-    exact = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x[:300], y[:300]), key=jax.random.key(1),
+    # 256 points: the shapes of the sparse fit's own exact-GP start, so its compiled objective is reused
+    exact = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x[:256], y[:256]), key=jax.random.key(1),
                          feature_ranges=[(0.0, 1.0)] * 2)
     xq = jnp.asarray(RNG.random((30, 2)))
     ps, pe = post.predict(xq), exact.predict(xq)
-    assert float(jnp.max(jnp.abs(ps.mean - pe.mean))) < 0.05
+    # the exact GP sees 256 of the points: agreement within its own posterior uncertainty
+    assert bool(jnp.all(jnp.abs(ps.mean - pe.mean) < 4 * jnp.sqrt(pe.epistemic_var) + 0.01))
     np.testing.assert_allclose(np.sqrt(ps.aleatoric_var[0]), 0.1, rtol=0.2)
     assert bool(jnp.all(ps.epistemic_var < pe.epistemic_var * 3 + 1e-4))
     # pathwise draws of the SVGP reproduce its mean
-    f = post.sample_functions(jax.random.key(2), 2000, num_features=256)(xq[:4])
-    se = np.asarray(f.std(0)) / np.sqrt(2000)
+    f = post.sample_functions(jax.random.key(2), 1000, num_features=256)(xq[:4])
+    se = np.asarray(f.std(0)) / np.sqrt(1000)
     assert np.all(np.abs(np.asarray(f.mean(0) - ps.mean[:4])) < 5 * se + 1e-9)
-    np.testing.assert_allclose(f.var(0), ps.epistemic_var[:4], rtol=0.25)
+    np.testing.assert_allclose(f.var(0), ps.epistemic_var[:4], rtol=0.3)  # sd of a variance from 1000 draws: ~5%
     lpd = post.log_predictive_density(xq, ps.mean)
     assert lpd.shape == (30,) and np.all(np.isfinite(np.asarray(lpd)))
     dt = post.to_datatree()
@@ -78,6 +80,7 @@ def test_sparse_gp_agrees_with_exact_gp():
 
 
 def test_fit_gp_dispatches_on_the_spec():
+    RNG = np.random.default_rng(101)
     names = ["a", "b", "c"]
     x = RNG.random((40, 3)) * [1.0, 10.0, 5.0]
     y = np.sin(3 * x[:, 0]) + 0.1 * x[:, 1]
@@ -91,8 +94,6 @@ def test_fit_gp_dispatches_on_the_spec():
     assert "world/kernel/lengthscale" in post.map_hyperparameters()
     np.testing.assert_allclose(post.prep.scale, [1.0, 10.0])
     sparse_spec = spec.model_copy(update={"sparse": SparseSpec(inducing=16, batch_size=32, steps=20)})
-    assert isinstance(fit_gp(sparse_spec, as_data(x, y), key=jax.random.key(1), feature_names=names,
-                             feature_ranges=ranges), SparseGPPosterior)
     with pytest.raises(ValueError, match="MAP"):
         fit_gp(sparse_spec.model_copy(update={"inference": NutsInference(method="nuts")}), as_data(x, y),
                key=jax.random.key(2), feature_names=names)

@@ -26,7 +26,7 @@ def test_search_recovers_linear_plus_periodic():
     spec = GPModel.model_validate({
         "model": "gp",
         "kernel": {"search": ["linear", "periodic", "rbf"], "max_terms": 2, "operators": ["sum"]},
-        "inference": {"method": "map", "restarts": 3, "steps": 150},
+        "inference": {"method": "map", "restarts": 2, "steps": 150},
     })
     post = fit_gp(spec, as_data(x, y), key=jax.random.key(0), feature_names=["t"], feature_ranges=[(0.0, 1.0)])
     assert isinstance(post, StructurePosterior) and isinstance(post, Posterior)
@@ -57,19 +57,29 @@ def test_search_recovers_linear_plus_periodic():
 
 
 def test_bic_evidence_and_simplicity_prior():
-    """A strong simplicity prior moves mass to the smaller structure; BIC runs too."""
+    """Posterior mass = evidence x simplicity prior; a strong prior favours the smaller structure."""
+    from priorguard.priors.kernels import StructureSearch
+    from priorguard.priors.structure import structure_prior
+
     rng = np.random.default_rng(3)
     x = rng.random((40, 1))
     y = 2.0 * x[:, 0] + 0.1 * rng.standard_normal(40)
-    base = {"search": ["linear", "rbf"], "max_terms": 2, "operators": ["sum"], "evidence": "bic"}
-    fits = {}
-    for simplicity in (0.0, 3.0):
-        spec = GPModel.model_validate({"model": "gp", "kernel": {**base, "simplicity": simplicity}, "mean": "constant",
-                                       "inference": {"method": "map", "steps": 100}})
-        post = fit_gp(spec, as_data(x, y), key=jax.random.key(2), feature_ranges=[(0.0, 1.0)])
-        fits[simplicity] = {r["structure"]: r for r in post.report()}
-    assert fits[3.0]["linear"]["posterior"] > fits[0.0]["linear"]["posterior"]
-    # the evidence does not depend on the prior; only the posterior does
-    for s in fits[0.0]:
-        np.testing.assert_allclose(fits[0.0][s]["log_evidence"], fits[3.0][s]["log_evidence"], rtol=1e-6)
-    assert max(fits[3.0], key=lambda s: fits[3.0][s]["posterior"]) == "linear"
+    search = {"search": ["linear", "rbf"], "max_terms": 2, "operators": ["sum"], "evidence": "bic", "simplicity": 3.0}
+    spec = GPModel.model_validate({"model": "gp", "kernel": search, "mean": "constant",
+                                   "inference": {"method": "map", "steps": 100}})
+    post = fit_gp(spec, as_data(x, y), key=jax.random.key(2), feature_ranges=[(0.0, 1.0)])
+    report = {r["structure"]: r for r in post.report()}
+    assert max(report, key=lambda s: report[s]["posterior"]) == "linear"
+    # the reported posterior is exactly evidence x prior, normalised, for this and for a flat prior
+    for simplicity in (3.0, 0.0):
+        prior = {s.expression: p for s, p in structure_prior(StructureSearch(**{**search, "simplicity": simplicity}),
+                                                             dim=1)}
+        logp = {s: report[s]["log_evidence"] + math.log(prior[s]) for s in report}
+        top = max(logp.values())
+        z = sum(math.exp(v - top) for v in logp.values())
+        if simplicity == 3.0:
+            for s in report:
+                np.testing.assert_allclose(report[s]["posterior"], math.exp(logp[s] - top) / z, rtol=1e-9)
+        else:
+            flat_linear = math.exp(logp["linear"] - top) / z
+    assert report["linear"]["posterior"] > flat_linear

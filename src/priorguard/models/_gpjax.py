@@ -292,10 +292,28 @@ def _cols(x: Array, leaf: KernelLeaf) -> Array:
     return x if leaf.all_dims else x[:, jnp.asarray(leaf.dims)]
 
 
-def _sq_dist(a: Array, b: Array) -> Array:
-    """Squared distances ``[N1, N2]`` between rows of already scaled inputs."""
-    diff = a[:, None, :] - b[None, :, :]
-    return jnp.sum(diff * diff, axis=-1)
+def _sq_dist(a: Array, b: Array, *, same: bool) -> Array:
+    """Squared distances ``[N1, N2]`` between rows of already scaled inputs.
+
+    Expanded as ``|a|^2 + |b|^2 - 2 a.b`` so the work (and its gradient) is a
+    matrix product rather than an ``[N1, N2, D]`` tensor; clamped at 0, and
+    exactly 0 on the diagonal of a Gram matrix (``same``).
+    """
+    sa = jnp.sum(a * a, axis=-1)
+    sb = sa if same else jnp.sum(b * b, axis=-1)
+    r2 = jnp.maximum(sa[:, None] + sb[None, :] - 2.0 * (a @ b.T), 0.0)
+    if same:
+        n = a.shape[0]
+        diag = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) == jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+        r2 = jnp.where(diag, 0.0, r2)
+    return r2
+
+
+def _circle(a: Array, period: Array, ls: Array) -> Array:
+    """``[N, 2d]`` embedding with ``|e(x) - e(x')|^2 = sum_d (sin(pi (x_d - x'_d) / p) / l_d)^2``."""
+    ang = 2 * jnp.pi * a / period
+    ls = jnp.broadcast_to(ls, (a.shape[-1],))
+    return jnp.concatenate([jnp.sin(ang), jnp.cos(ang)], axis=-1) / jnp.concatenate([2 * ls, 2 * ls])
 
 
 def _stationary_profile(kind: str, r2: Array, theta_leaf: Mapping[str, Array]) -> Array:
@@ -336,11 +354,11 @@ def gram(tree: KernelTree, theta: Mapping[str, Array], x1: Array, x2: Array, *, 
     kind = tree.kind
     if kind in STATIONARY or kind == "rational_quadratic":
         ls = th["lengthscale"]
-        return th["variance"] * _stationary_profile(kind, _sq_dist(a / ls, b / ls), th)
+        return th["variance"] * _stationary_profile(kind, _sq_dist(a / ls, b / ls, same=same), th)
     if kind == "periodic":
-        diff = a[:, None, :] - b[None, :, :]
-        s = jnp.sin(jnp.pi * diff / th["period"]) / th["lengthscale"]
-        return th["variance"] * jnp.exp(-0.5 * jnp.sum(s * s, axis=-1))
+        ea = _circle(a, th["period"], th["lengthscale"])
+        eb = ea if same else _circle(b, th["period"], th["lengthscale"])
+        return th["variance"] * jnp.exp(-0.5 * _sq_dist(ea, eb, same=same))
     if kind == "linear":
         return th["variance"] * (a @ b.T)
     if kind == "polynomial":
@@ -421,8 +439,10 @@ def _cholesky(k: Array) -> Array:
 def cholesky_with_jitter(k: Float[Array, "N N"]) -> tuple[Float[Array, "N N"], Float[Array, ""]]:
     """Lower Cholesky factor of ``k + jitter I`` with the smallest working jitter.
 
-    Tries :data:`JITTER_LEVELS` (relative to the mean diagonal) in turn inside
-    ``lax.while_loop``; normally only the first, jitter-free attempt runs.
+    The jitter-free factor is tried first; only if it fails does a
+    ``lax.while_loop`` try :data:`JITTER_LEVELS` (relative to the mean
+    diagonal) in turn, and the matrix is then factorised once more with the
+    first level that worked.
 
     Returns:
         ``(L, jitter)``: the factor (NaN if every level failed) and the absolute
@@ -433,20 +453,23 @@ def cholesky_with_jitter(k: Float[Array, "N N"]) -> tuple[Float[Array, "N N"], F
     levels = jnp.asarray(JITTER_LEVELS, dtype=k.dtype)
     eye = jnp.eye(n, dtype=k.dtype)
 
-    def failed(chol: Array) -> Array:
-        return ~jnp.all(jnp.isfinite(jnp.diagonal(chol)))
+    def ok(chol: Array) -> Array:
+        return jnp.all(jnp.isfinite(jnp.diagonal(chol)))
 
-    def cond(carry: tuple[Array, Array]) -> Array:
-        i, chol = carry
-        return failed(chol) & (i < len(JITTER_LEVELS) - 1)
+    def retry(_: None) -> tuple[Array, Array]:
+        def cond(carry: tuple[Array, Array]) -> Array:
+            i, good = carry
+            return ~good & (i < len(JITTER_LEVELS) - 1)
 
-    def body(carry: tuple[Array, Array]) -> tuple[Array, Array]:
-        i, _ = carry
-        i = i + 1
-        return i, _cholesky(k + levels[i] * scale * eye)
+        def body(carry: tuple[Array, Array]) -> tuple[Array, Array]:
+            i = carry[0] + 1
+            return i, ok(_cholesky(k + levels[i] * scale * eye))
 
-    i, chol = jax.lax.while_loop(cond, body, (jnp.asarray(0), _cholesky(k)))
-    return chol, levels[i] * scale
+        i, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False)))
+        return _cholesky(k + levels[i] * scale * eye), levels[i] * scale
+
+    chol0 = _cholesky(k)
+    return jax.lax.cond(ok(chol0), lambda _: (chol0, jnp.zeros((), k.dtype)), retry, None)
 
 
 def _potri_host(chol: np.ndarray) -> np.ndarray:
@@ -454,13 +477,19 @@ def _potri_host(chol: np.ndarray) -> np.ndarray:
     from scipy.linalg import lapack
 
     chol = np.asarray(chol)
-    out = np.empty(chol.shape, dtype=chol.dtype)
     potri = lapack.get_lapack_funcs("potri", (chol,))
-    for idx in np.ndindex(*chol.shape[:-2]):
-        factor = chol[idx]
-        # A C-ordered lower factor is an F-ordered upper factor of the same matrix.
+
+    def one(factor: np.ndarray) -> np.ndarray:
+        # A C-ordered lower factor is an F-ordered upper factor of the same matrix, and
+        # the F-ordered upper result read in C order is the lower triangle: no copies.
         inv, info = potri(factor.T, lower=0)
-        out[idx] = inv.T if info == 0 else np.nan
+        return inv.T if info == 0 else np.full(factor.shape, np.nan, dtype=factor.dtype)
+
+    if chol.ndim == 2:
+        return one(chol)
+    out = np.empty(chol.shape, dtype=chol.dtype)
+    for idx in np.ndindex(*chol.shape[:-2]):
+        out[idx] = one(chol[idx])
     return out
 
 

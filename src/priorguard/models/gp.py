@@ -29,15 +29,24 @@ What a fit does:
      objective is compiled once per (kernel structure, priors, O) and reused by
      every later fit of the same shapes.
    * ``nuts``: numpyro NUTS over the hyperparameters, one run per output (the
-     outputs are independent a posteriori); predictions mix over up to
-     ``max_predictive_samples`` evenly thinned posterior draws.
+     outputs are independent a posteriori), through the shared compiled
+     runner of :mod:`priorguard.models._numpyro_util` (data are traced
+     arguments, so a second fit of the same shapes compiles nothing);
+     predictions mix over up to ``max_predictive_samples`` evenly thinned
+     posterior draws; PyMC's divergence / R-hat / ESS warnings are emitted.
 3. **Conditioning.** Cholesky of ``K + noise^2 I`` with escalating jitter
    (``1e-8 ... 1e-2`` of the mean diagonal); the jitter used is reported as
    :attr:`GPPosterior.jitter` and by a :class:`JitterWarning`; if even the
    largest fails, :class:`~priorguard.models._gpjax.GPNumericalError`.
 
-The marginal likelihood's gradient is hand-written (one ``potrf`` + one
-``potri``; see :func:`priorguard.models._gpjax.log_marginal_likelihood`).
+4. **Function draws.** Pathwise conditioning (Wilson et al., 2020): a
+   random-feature prior draw (features for every kernel family, see
+   :mod:`priorguard.models._gpjax`) plus ``k(x, X) K^-1 (y - f(X) - eps)``,
+   returned as :class:`~priorguard.models.base.FunctionDraws`.
+
+The marginal likelihood's gradient is hand-written (one ``potrf`` plus one
+inverse from the factor: LAPACK ``potri`` on CPU from N = 1024, XLA below; see
+:func:`priorguard.models._gpjax.log_marginal_likelihood`).
 """
 
 from __future__ import annotations
@@ -367,7 +376,8 @@ def map_objective(program: GPProgram, num_outputs: int, *, use_prior: bool = Tru
                           lambda: MapObjective(program, num_outputs, use_prior=use_prior, analytic=analytic))
 
 
-def _scipy_lbfgs(objective: MapObjective, u0: np.ndarray, x: Array, y: Array, steps: int) -> tuple[np.ndarray, float, int]:
+def _scipy_lbfgs(objective: MapObjective, u0: np.ndarray, x: Array, y: Array,
+                 steps: int) -> tuple[np.ndarray, float, int]:
     from scipy.optimize import minimize
 
     evals = 0
@@ -597,7 +607,18 @@ def _exact_draw_params(state: ExactGPState, key: PRNGKeyArray, n: int, per_block
         theta = jax.tree_util.tree_map(lambda a: a[i], state.theta)
         return jax.vmap(prior_part)(theta, state.y.T, k)
 
-    parts = jax.lax.map(draw, (idx, keys), batch_size=batch)
+    # vmap over draws in chunks of `batch` (padded, so no separate remainder program)
+    chunks = -(-n // batch)
+    pad = chunks * batch - n
+    idx_p = jnp.concatenate([idx, jnp.zeros(pad, idx.dtype)])
+    keys_p = jnp.concatenate([keys, keys[:pad]]) if pad else keys
+    per_chunk = jax.vmap(draw)
+    if chunks == 1:
+        parts = per_chunk((idx_p, keys_p))
+    else:
+        parts = jax.lax.map(per_chunk, (idx_p.reshape(chunks, batch), keys_p.reshape(chunks, batch, -1)))
+        parts = jax.tree_util.tree_map(lambda a: a.reshape(chunks * batch, *a.shape[2:]), parts)
+    parts = jax.tree_util.tree_map(lambda a: a[:n], parts)
     resid = parts.pop("resid")  # [n, O, N]
 
     def solve(chol: Array, r: Array) -> Array:
@@ -707,6 +728,10 @@ class GPPosterior(eqx.Module):
         """
         mean, var, noise = _exact_components(self.state, x)
         return mixture_moments(self.state.weights, mean, var, noise)
+
+    def sample_moments(self, x: Float[Array, "M D"]) -> tuple[Array, Array, Array]:
+        """Per-hyperparameter-sample latent mean, latent variance and noise variance, each ``[S, M, O]``."""
+        return _exact_components(self.state, x)
 
     def log_predictive_density(self, x: Float[Array, "M D"], y: Float[Array, "M O"]) -> Float[Array, " M"]:
         """``log p(y_i | x_i, data)`` summed over outputs, mixed over hyperparameter samples."""
@@ -1040,6 +1065,16 @@ def fit_gp(
     Returns:
         :class:`GPPosterior`, :class:`~priorguard.models.sparse_gp.SparseGPPosterior`
         or :class:`~priorguard.models.structure_search.StructurePosterior`.
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from priorguard.models.base import as_data
+        >>> x = np.linspace(0.0, 1.0, 12)[:, None]
+        >>> spec = GPModel(model="gp", kernel={"kind": "matern52"}, inference={"method": "map", "steps": 20})
+        >>> post = fit_gp(spec, as_data(x, np.sin(5 * x)), key=jax.random.key(0), feature_names=["t"],
+        ...               feature_ranges=[(0.0, 1.0)])
+        >>> sorted(post.map_hyperparameters())
+        ['terminal/kernel/lengthscale', 'terminal/kernel/variance', 'terminal/noise']
     """
     if isinstance(spec, Mapping):
         spec = GPModel.model_validate({"model": "gp", **spec})

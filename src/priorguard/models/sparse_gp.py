@@ -69,7 +69,7 @@ CHUNK = 4096
 #: Natural-gradient step size of q per minibatch.
 NATGRAD_STEP = 0.1
 #: Points of the exact-GP fit that starts the hyperparameters.
-SUBSET_INIT = 512
+SUBSET_INIT = 256
 
 
 def _kzz_chol(program: GPProgram, theta: Mapping[str, Array], z: Array) -> Array:
@@ -249,7 +249,7 @@ def _initial_hyperparameters(program: GPProgram, prep: Prepared, key: PRNGKeyArr
     n_sub = min(prep.n, SUBSET_INIT)
     idx = np.sort(np.asarray(jax.random.choice(k_pick, prep.n, (n_sub,), replace=False)))
     sub = dataclasses.replace(prep, x=prep.x[idx], y=prep.y[idx], raw_x=prep.raw_x[idx], raw_y=prep.raw_y[idx])
-    result = fit_map(program, sub, MapInference(method="map", steps=100), key=k_fit)
+    result = fit_map(program, sub, MapInference(method="map", steps=60), key=k_fit)
     objective = map_objective(program, prep.num_outputs)
     return {k: np.asarray(v) for k, v in objective.unravel(jnp.asarray(result.u_flat)).items()}
 
@@ -407,7 +407,7 @@ def fit_sparse_gp(
         noise, mean, feature_names, features, feature_ranges, standardize,
             site_prefix, output_names: as in :func:`~priorguard.models.gp.fit_exact_gp`.
         init: where hyperparameters start: ``"subset"`` (the MAP of an exact GP
-            on :data:`SUBSET_INIT` random points, 100 L-BFGS steps) or
+            on :data:`SUBSET_INIT` random points, 60 L-BFGS steps) or
             ``"prior"`` (the prior median).
 
     Returns:

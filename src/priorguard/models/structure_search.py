@@ -78,7 +78,8 @@ class StructureFit:
         log_posterior: normalised log posterior mass.
         num_hyperparameters: free hyperparameters per output.
         floored_eigenvalues: Laplace Hessian eigenvalues raised to the floor.
-        posterior: the fitted GP at the structure's MAP.
+        posterior: the fitted GP at the structure's MAP (None for a structure below
+            ``min_mass`` under Laplace evidence: it was never conditioned).
     """
 
     structure: KernelStructure
@@ -88,7 +89,7 @@ class StructureFit:
     log_posterior: float
     num_hyperparameters: int
     floored_eigenvalues: int
-    posterior: GPPosterior
+    posterior: GPPosterior | None
 
     @property
     def probability(self) -> float:
@@ -131,7 +132,7 @@ def _bic(program: Any, prep: Prepared, posterior: GPPosterior) -> float:
 
 
 def log_evidence(program: Any, prep: Prepared, u_flat: np.ndarray, method: str,
-                 posterior: GPPosterior) -> tuple[float, int]:
+                 posterior: GPPosterior | None = None) -> tuple[float, int]:
     """Approximate ``log p(y | structure)`` at the MAP ``u_flat`` (``laplace`` or ``bic``).
 
     Returns ``(log evidence, number of Laplace Hessian eigenvalues raised to the floor)``.
@@ -139,6 +140,8 @@ def log_evidence(program: Any, prep: Prepared, u_flat: np.ndarray, method: str,
     if method == "laplace":
         return _laplace(program, prep, u_flat)
     if method == "bic":
+        if posterior is None:
+            raise ValueError("BIC evidence needs the conditioned posterior at the MAP")
         return _bic(program, prep, posterior), 0
     raise ValueError(f"evidence must be 'laplace' or 'bic', got {method!r}")
 
@@ -299,20 +302,25 @@ def fit_structure_search(
         program = backend.compile_program(structure.to_kernel(ard=search.ard), noise=noise, mean=mean,
                                           feature_names=prep.feature_names, site_prefix=site_prefix)
         result = fit_map(program, prep, inference, key=k)
-        posterior = posterior_from_map(program, prep, result, use_prior=True)
+        # BIC reads log p(y | theta*) off the factor, so it conditions every structure;
+        # with Laplace only the structures that enter the average are conditioned (below).
+        posterior = posterior_from_map(program, prep, result, use_prior=True) if search.evidence == "bic" else None
         log_ev, floored = log_evidence(program, prep, result.u_flat, search.evidence, posterior)
         k_free = sum(int(np.prod(h.shape)) for h in program.free_hypers)
-        rows.append((structure, math.log(prob), log_ev, k_free, floored, posterior))
-    log_post = np.asarray([lp + le for _, lp, le, *_ in rows])
+        rows.append((structure, math.log(prob), log_ev, k_free, floored, posterior, program, result))
+    log_post = np.asarray([row[1] + row[2] for row in rows])
     log_post = np.where(np.isfinite(log_post), log_post, -np.inf)
     log_post = log_post - np.logaddexp.reduce(log_post)
     order = np.argsort(-log_post, kind="stable")
-    fits = tuple(
-        StructureFit(structure=rows[i][0], expression=rows[i][0].expression, log_prior=rows[i][1],
-                     log_evidence=rows[i][2], log_posterior=float(log_post[i]), num_hyperparameters=rows[i][3],
-                     floored_eigenvalues=rows[i][4], posterior=rows[i][5])
-        for i in order
-    )
+    fits = []
+    for rank, i in enumerate(order):
+        structure, log_prior, log_ev, k_free, floored, posterior, program, result = rows[i]
+        if posterior is None and (rank == 0 or math.exp(log_post[i]) >= min_mass):
+            posterior = posterior_from_map(program, prep, result, use_prior=True)
+        fits.append(StructureFit(structure=structure, expression=structure.expression, log_prior=log_prior,
+                                 log_evidence=log_ev, log_posterior=float(log_post[i]),
+                                 num_hyperparameters=k_free, floored_eigenvalues=floored, posterior=posterior))
+    fits = tuple(fits)
     active = tuple(f for f in fits if f.probability >= min_mass) or fits[:1]
     w = np.asarray([f.probability for f in active])
     return StructurePosterior(fits=fits, active=active, weights=tuple(float(v) for v in w / w.sum()),
