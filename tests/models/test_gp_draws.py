@@ -88,6 +88,35 @@ def test_a_draw_is_a_function():
     assert not np.allclose(post.sample_functions(jax.random.key(1), 5)(xq), a)
     # large N x features are drawn in padded chunks; the draws do not depend on the chunking
     chunked = _exact_draw_params(post.state, jax.random.key(0), 5, 512, 2)
-    for u, v in zip(jax.tree_util.tree_leaves(draws.params), jax.tree_util.tree_leaves(chunked)):
+    unbatched = {k: v for k, v in draws.params.items() if k != "basis"}
+    assert set(unbatched) == set(chunked)
+    for u, v in zip(jax.tree_util.tree_leaves(unbatched), jax.tree_util.tree_leaves(chunked)):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
 
+
+
+def test_repeated_inputs_collapse_to_the_same_draws():
+    """Thousands of visits to a few states: the draw basis shrinks to the unique rows, values unchanged."""
+    from priorguard.models.gp import ExactDrawFn, collapse_duplicate_inputs
+
+    states = RNG.random((7, 2))
+    x = states[RNG.integers(0, 7, 300)]
+    y = np.sin(3 * x[:, 0]) + 0.05 * RNG.standard_normal(300)
+    post = condition_gp(parse_kernel({"kind": "matern52", "lengthscale": 0.4, "variance": 1.0}),
+                        as_data(x, y), noise=0.1, feature_ranges=[(0, 1)] * 2)
+    draws = post.sample_functions(jax.random.key(3), 6)
+    assert draws.params["basis"]["x_fit"].shape[1] == 8  # 7 unique rows padded to the bucket 8
+    # the full update term k(x, X) v over every training row, recomputed without collapsing
+    full = _exact_draw_params(post.state, jax.random.key(3), 6, 512, 6)
+    distinct = np.unique(np.asarray(post.state.x), axis=0)[:4]
+    x_same, _ = collapse_duplicate_inputs(distinct, full["v"][..., :4])
+    assert x_same is distinct  # nothing to collapse: returned as is
+    st = post.state
+    full["basis"] = {k: jnp.broadcast_to(v, (6, *jnp.shape(v))) for k, v in
+                     {"x_fit": st.x, "low": st.low, "scale": st.scale, "y_mean": st.y_mean,
+                      "y_scale": st.y_scale}.items()}
+    xq = jnp.asarray(RNG.random((9, 2)))
+    reference = FunctionDraws(full, ExactDrawFn(st.program, 512, st.columns))(xq)
+    np.testing.assert_allclose(draws(xq), reference, rtol=1e-9, atol=1e-9)
+    # the draw function is a value: equal for two fits of the same model
+    assert draws.apply_fn == post.sample_functions(jax.random.key(4), 2).apply_fn

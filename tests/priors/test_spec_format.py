@@ -18,10 +18,12 @@ from priorguard.priors import (
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "experiments" / "coin-shift.toml"
+#: The example spec of the priors design, exactly as written there.
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "spec-example.toml"
 
 
-def test_shipped_example_validates_as_written():
-    spec = load_spec(SHIPPED)
+def test_design_example_validates_as_written():
+    spec = load_spec(EXAMPLE)
     assert spec.name == "coin-shift"
     assert spec.seeds == [0, 1, 2]
     assert isinstance(spec.terminal, GPModel)
@@ -41,8 +43,9 @@ def test_load_by_name():
     assert load_spec("coin-shift") == load_spec(SHIPPED)
 
 
-def test_toml_round_trip_both_ways():
-    spec = load_spec(SHIPPED)
+@pytest.mark.parametrize("path", [SHIPPED, EXAMPLE], ids=["flagship", "example"])
+def test_toml_round_trip_both_ways(path):
+    spec = load_spec(path)
     again = ExperimentSpec.from_toml(spec.to_toml())
     assert again == spec
     assert again.to_toml() == spec.to_toml()
@@ -78,7 +81,7 @@ def test_structure_search_spec():
 
 
 def test_sweep_expands_grid_times_seeds():
-    spec = load_spec(SHIPPED)
+    spec = load_spec(EXAMPLE)
     runs = spec.expand()
     assert len(runs) == 2 * 3
     kinds = sorted({r[1].terminal.kernel.kind for r in runs})

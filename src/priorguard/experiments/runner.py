@@ -18,11 +18,13 @@ Steps:
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
 import gymnasium
 import jax
 import jax.numpy as jnp
@@ -109,10 +111,26 @@ def collect(env_id: str, split: str, episodes: int, policy: str, key: Any) -> Tr
     return Transitions(*(np.asarray(rows[k]) for k in ("obs", "action", "next_obs", "rater", "episode")))
 
 
+def fit_size(n: int, cap: int) -> int:
+    """Points a model is fitted on: ``min(n, cap)`` rounded down to a shape bucket.
+
+    Buckets are multiples of ``2^(floor(log2 m) - 3)`` (eight per octave, so at
+    most 1/8 of the points are dropped; sizes below 64 are kept as they are).
+    Seeds of one experiment then fit models of the same shapes and share the
+    compiled programs (in a sweep worker, and through the persistent cache).
+    """
+    m = min(n, cap)
+    if m < 64:
+        return m
+    step = 2 ** (m.bit_length() - 4)
+    return (m // step) * step
+
+
 def _subsample(n: int, cap: int, key: Any) -> np.ndarray:
-    if n <= cap:
+    size = fit_size(n, cap)
+    if size == n:
         return np.arange(n)
-    return np.sort(np.asarray(jax.random.choice(key, n, (cap,), replace=False)))
+    return np.sort(np.asarray(jax.random.choice(key, n, (size,), replace=False)))
 
 
 def _encode_actions(actions: np.ndarray, num_actions: int | None) -> np.ndarray:
@@ -258,7 +276,10 @@ class Runner:
         return posteriors
 
     def _draws(self, posterior: Posterior, key: Any) -> FunctionDraws:
-        return posterior.sample_functions(key, self.spec.planner.function_samples)
+        p = self.spec.planner
+        if "num_features" in inspect.signature(posterior.sample_functions).parameters:  # GP posteriors
+            return posterior.sample_functions(key, p.function_samples, num_features=p.function_features)
+        return posterior.sample_functions(key, p.function_samples)
 
     def planning_models(self, posteriors: dict[str, Posterior], data: Transitions,
                         keys: dict[str, Any]) -> tuple[PlanningModels, Any, Any]:
@@ -343,45 +364,30 @@ class Runner:
         return rule, record
 
     def make_actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Callable:
+        """The planner as an actor ``act(key, obs)``.
+
+        The models, proposal parameters and veto rule are passed to module-level
+        jitted functions as arguments (not closed over), so a later run with
+        the same shapes reuses the compiled planner (in this process, and from
+        the persistent compilation cache in a new one).
+        """
         p = self.spec.planner
         fallback = p.veto.fallback
         if p.kind == "one_step":
             fb = fallback if self.discrete else jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
-
-            @jax.jit
-            def act(key, obs):
-                out = plan_one_step(models, proposal, params, key, obs, num_candidates=p.proposals,
-                                    fallback_action=fb, veto=rule, discount=self.discount,
-                                    replace=(not self.discrete) or p.proposals > self.info.num_actions)
-                return out.action, out.candidate_actions, out.veto_mask, out.used_fallback
-        elif p.kind == "mcts":
-            na = self.info.num_actions
-
-            @jax.jit
-            def act(key, obs):
-                out = plan_mcts(models, proposal, params, key, obs, num_simulations=p.simulations,
-                                fallback_action=int(fallback), veto=rule, policy=p.policy, discount=self.discount,
-                                max_depth=p.depth, max_num_considered_actions=min(p.proposals, na))
-                cands = jnp.broadcast_to(jnp.arange(na), out.veto_mask.shape)
-                return out.action, cands, out.veto_mask, out.used_fallback
-        else:
-            fb = jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
-
-            @jax.jit
-            def act(key, obs):
-                out = plan_cem(models, key, obs, horizon=p.cem.horizon, fallback_action=fb, veto=rule,
-                               num_samples=p.cem.population, num_elites=p.cem.elites,
-                               num_iterations=p.cem.iterations, discount=self.discount)
-                return out.action, out.population[:, :, 0, :], out.veto_mask, out.used_fallback
-        return act
+            replace = (not self.discrete) or p.proposals > self.info.num_actions
+            return lambda key, obs: _act_one_step(models, proposal, params, rule, key, obs, fb, p.proposals,
+                                                  self.discount, replace)
+        if p.kind == "mcts":
+            return lambda key, obs: _act_mcts(models, proposal, params, rule, key, obs, int(fallback), p.simulations,
+                                              p.policy, self.discount, p.depth,
+                                              min(p.proposals, self.info.num_actions))
+        fb = jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
+        return lambda key, obs: _act_cem(models, rule, key, obs, fb, p.cem.horizon, p.cem.population, p.cem.elites,
+                                         p.cem.iterations, self.discount)
 
     def make_alone(self, proposal: Any, params: Any) -> Callable:
-        @jax.jit
-        def act(key, obs):
-            a = proposal.sample(params, key, obs, 1)[:, 0]
-            cands = a[:, None]
-            return a, cands, jnp.zeros(cands.shape[:2], bool), jnp.zeros(obs.shape[0], bool)
-        return act
+        return lambda key, obs: _act_alone(proposal, params, key, obs)
 
     def audit(self, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any) -> dict[str, Any]:
         """Random-state audit of A alone and of the planner through W, and adversarial search."""
@@ -502,6 +508,39 @@ class Runner:
         return m
 
 
+@eqx.filter_jit
+def _act_one_step(models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any, obs: Any, fb: Any,
+                  num_candidates: int, discount: float, replace: bool) -> tuple[Any, Any, Any, Any]:
+    out = plan_one_step(models, proposal, params, key, obs, num_candidates=num_candidates, fallback_action=fb,
+                        veto=rule, discount=discount, replace=replace)
+    return out.action, out.candidate_actions, out.veto_mask, out.used_fallback
+
+
+@eqx.filter_jit
+def _act_mcts(models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any, obs: Any, fallback: int,
+              simulations: int, policy: str, discount: float, depth: int, considered: int) -> tuple[Any, Any, Any, Any]:
+    out = plan_mcts(models, proposal, params, key, obs, num_simulations=simulations, fallback_action=fallback,
+                    veto=rule, policy=policy, discount=discount, max_depth=depth,
+                    max_num_considered_actions=considered)
+    cands = jnp.broadcast_to(jnp.arange(models.num_actions), out.veto_mask.shape)
+    return out.action, cands, out.veto_mask, out.used_fallback
+
+
+@eqx.filter_jit
+def _act_cem(models: PlanningModels, rule: Any, key: Any, obs: Any, fb: Any, horizon: int, population: int,
+             elites: int, iterations: int, discount: float) -> tuple[Any, Any, Any, Any]:
+    out = plan_cem(models, key, obs, horizon=horizon, fallback_action=fb, veto=rule, num_samples=population,
+                   num_elites=elites, num_iterations=iterations, discount=discount)
+    return out.action, out.population[:, :, 0, :], out.veto_mask, out.used_fallback
+
+
+@eqx.filter_jit
+def _act_alone(proposal: Any, params: Any, key: Any, obs: Any) -> tuple[Any, Any, Any, Any]:
+    a = proposal.sample(params, key, obs, 1)[:, 0]
+    cands = a[:, None]
+    return a, cands, jnp.zeros(cands.shape[:2], bool), jnp.zeros(obs.shape[0], bool)
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 
@@ -520,26 +559,26 @@ def mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, sta
     Returns:
         ``[N]`` targets.
     """
-    n_worlds = models.num_worlds
+    return _mc_returns(models, proposal, params, key, starts, horizon, discount, rollouts)
 
-    @jax.jit
-    def run(key, starts):
-        def one(world, key):
-            def step(carry, k):
-                obs, total, disc = carry
-                action = proposal.sample(params, k, obs, 1)[:, 0]
-                nxt = models.next_state(obs, action, world)
-                total = total + disc * models.terminal_value(nxt, world)
-                return (nxt, total, disc * discount), None
 
-            init = (starts, jnp.zeros(starts.shape[0], starts.dtype), jnp.asarray(1.0, starts.dtype))
-            (_, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, horizon))
-            return total
+@eqx.filter_jit
+def _mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any, horizon: int,
+                discount: float, rollouts: int) -> Any:
+    def one(world, key):
+        def step(carry, k):
+            obs, total, disc = carry
+            action = proposal.sample(params, k, obs, 1)[:, 0]
+            nxt = models.next_state(obs, action, world)
+            total = total + disc * models.terminal_value(nxt, world)
+            return (nxt, total, disc * discount), None
 
-        worlds = jnp.arange(rollouts) % n_worlds
-        return jnp.mean(jax.vmap(one)(worlds, jax.random.split(key, rollouts)), axis=0)
+        init = (starts, jnp.zeros(starts.shape[0], starts.dtype), jnp.asarray(1.0, starts.dtype))
+        (_, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, horizon))
+        return total
 
-    return run(key, starts)
+    worlds = jnp.arange(rollouts) % models.num_worlds
+    return jnp.mean(jax.vmap(one)(worlds, jax.random.split(key, rollouts)), axis=0)
 
 
 def policy_actor(env_id: str, name: str, key: Any) -> Callable:

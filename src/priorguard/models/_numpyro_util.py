@@ -201,62 +201,56 @@ class SviProgram:
     ``run(key, x, y, want_elbo=)`` returns ``samples`` (``[S, ...]``
     constrained latent and deterministic sites drawn from the fitted guide),
     ``losses [steps]``, the guide ``params`` and, when asked, ``elbo`` (a
-    ``particles``-sample estimate at the fitted guide). Guide
-    locations start uniform in ``[-2, 2]`` (unconstrained) from ``key``, as
-    numpyro's default ``init_to_uniform``.
+    ``particles``-sample estimate at the fitted guide). Guide locations start
+    uniform in ``[-2, 2]`` (unconstrained) from ``key``, numpyro's default
+    ``init_to_uniform``.
+
+    The autoguide and its ``SVI`` object are built *inside* the traced
+    function, so the guide's prototype (a trace of the model) is taken by the
+    compiler along with everything else: nothing runs op by op, and no tracer
+    outlives the trace that made it.
     """
 
     def __init__(self, model: Model, *, guide: str, learning_rate: float, steps: int,
                  samples: int, particles: int = 64, name: str = "svi") -> None:
-        self.model = model
-        if guide == "normal":
-            self.guide = AutoNormal(model)
-        elif guide == "lowrank":
-            self.guide = AutoLowRankMultivariateNormal(model)
-        else:
+        if guide not in ("normal", "lowrank"):
             raise ValueError(f"guide must be 'normal' or 'lowrank', got {guide!r}")
-        self.svi = SVI(model, self.guide, numpyro.optim.Adam(learning_rate), Trace_ELBO())
+        self.model = model
+        self.guide_kind = guide
+        self.learning_rate = learning_rate
         self.steps = steps
         self.samples = samples
         self.particles = particles
         self.name = name
-        self._loc_shapes: dict[str, tuple[int, ...]] | None = None
         self._run = jax.jit(self._fit, static_argnums=3)
+
+    def _guide(self) -> Any:
+        cls = AutoNormal if self.guide_kind == "normal" else AutoLowRankMultivariateNormal
+        return cls(self.model)
 
     def _fit(self, key: jax.Array, x: jax.Array, y: jax.Array, want_elbo: bool) -> dict[str, Any]:
         count_trace(self.name)
-        key_init, key_loc, key_draw, key_elbo = jax.random.split(key, 4)
-        assert self._loc_shapes is not None
-        loc_keys = jax.random.split(key_loc, max(len(self._loc_shapes), 1))
-        init_params = {
-            name: jax.random.uniform(k, shape, minval=-2.0, maxval=2.0, dtype=x.dtype)
-            for k, (name, shape) in zip(loc_keys, sorted(self._loc_shapes.items()))
-        }
-        state = self.svi.init(key_init, x, y, init_params=init_params)
+        key_init, key_draw, key_elbo = jax.random.split(key, 3)
+        guide = self._guide()
+        svi = SVI(self.model, guide, numpyro.optim.Adam(self.learning_rate), Trace_ELBO())
+        state = svi.init(key_init, x, y)
 
         def step(s: Any, _: Any) -> tuple[Any, jax.Array]:
-            return self.svi.update(s, x, y)
+            return svi.update(s, x, y)
 
         state, losses = jax.lax.scan(step, state, None, length=self.steps)
-        params = self.svi.get_params(state)
+        params = svi.get_params(state)
         # sample_posterior returns latent and deterministic sites, constrained.
-        draws = self.guide.sample_posterior(key_draw, params, sample_shape=(self.samples,))
+        draws = guide.sample_posterior(key_draw, params, sample_shape=(self.samples,))
         names = _latent_names(self.model, x, y)
         draws = {k: v for k, v in draws.items() if k in names}
         out = {"samples": draws, "losses": losses, "params": params}
         if want_elbo:
             out["elbo"] = -Trace_ELBO(num_particles=self.particles, vectorize_particles=True).loss(
-                key_elbo, params, self.model, self.guide, x, y)
+                key_elbo, params, self.model, guide, x, y)
         return out
 
     def run(self, key: jax.Array, x: jax.Array, y: jax.Array, *, want_elbo: bool = True) -> dict[str, Any]:
-        if self._loc_shapes is None:
-            # The autoguide builds its prototype on first use; do that eagerly so
-            # no tracer is stored on the guide.
-            state = self.svi.init(key, x, y)
-            params = self.svi.get_params(state)
-            self._loc_shapes = {k: tuple(v.shape) for k, v in params.items()
-                                if k.endswith("auto_loc")}
         return self._run(key, x, y, want_elbo)
 
 

@@ -632,46 +632,95 @@ def _exact_draw_params(state: ExactGPState, key: PRNGKeyArray, n: int, per_block
     return parts
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ExactDrawFn:
-    """``apply_fn`` of exact-GP draws: prior features plus the canonical-basis update.
+    """``apply_fn`` of exact- and sparse-GP draws: prior features plus the canonical-basis update.
 
-    ``f(x) = phi(x) w + k(x, X) v + m`` per output, then back to raw units
-    (compiled once per program and shapes). ``x_train`` is ``[N, D]``
-    (exact GP) or ``[O, M, D]`` (inducing inputs of a sparse GP). Hashes by
-    identity (it holds the training inputs).
+    ``f(x) = phi(x) w + k(x, X) v + m`` per output, then back to raw units.
+    Everything data-dependent (the basis inputs ``X``, input scaling, output
+    scaling) lives in the draw parameters under ``"basis"``, so this function
+    is a small value (hashable and compared by value): planners jitted with
+    the draws as *arguments* compile once per kernel structure and shapes,
+    not once per fit.
     """
 
     program: GPProgram
     per_block: int
     columns: tuple[int, ...]
-    x_train: Array
-    low: Array
-    scale: Array
-    y_mean: Array
-    y_scale: Array
 
     def __call__(self, params: Mapping[str, Any], x: Float[Array, "M D"]) -> Float[Array, "M O"]:
-        return _apply_exact(self.program, self.per_block, self.columns, self.x_train, self.low, self.scale,
-                            self.y_mean, self.y_scale, params, x)
+        return _apply_exact(self.program, self.per_block, self.columns, params, x)
+
+
+def basis_params(n: int, x_fit: Array, low: Array, scale: Array, y_mean: Array, y_scale: Array) -> dict[str, Array]:
+    """The ``"basis"`` entry of draw parameters: the same data repeated for each of ``n`` draws.
+
+    ``x_fit`` is ``[N, D]`` (exact GP: training inputs shared by all outputs)
+    or ``[O, M, D]`` (sparse GP: inducing inputs per output).
+    """
+    leaves = {"x_fit": x_fit, "low": low, "scale": scale, "y_mean": y_mean, "y_scale": y_scale}
+    return {k: jnp.broadcast_to(jnp.asarray(v), (n, *jnp.shape(v))) for k, v in leaves.items()}
+
+
+def _shape_bucket(u: int) -> int:
+    """Smallest ``2^k`` or ``1.5 * 2^k`` that is ``>= u`` (few distinct compiled shapes)."""
+    b = 1
+    while True:
+        if b >= u:
+            return b
+        if b >= 2 and (3 * b) // 2 >= u:
+            return (3 * b) // 2
+        b *= 2
+
+
+def collapse_duplicate_inputs(x: np.ndarray, v: Array) -> tuple[np.ndarray, Array]:
+    """Merges repeated training inputs of the update term ``k(x, X) v`` (exactly).
+
+    ``sum_i k(x, X_i) v_i`` over rows with equal ``X_i`` is ``k(x, X_u) sum v_i``,
+    so the basis shrinks to the unique rows (padded with zero-weight copies to
+    a shape bucket, so fits with a few more or fewer unique inputs share
+    compiled code). On discrete environments T and I are fitted on thousands
+    of visits to a few dozen states; this makes every planner evaluation of a
+    draw cost O(unique states) instead of O(N).
+
+    Args:
+        x: ``[N, D]`` standardised training inputs.
+        v: ``[S, O, N]`` update weights.
+
+    Returns:
+        ``(x_basis [U', D], v [S, O, U'])`` with ``U' >= U``; unchanged when
+        fewer than a quarter of the rows are repeats.
+    """
+    uniq, inverse = np.unique(x, axis=0, return_inverse=True)
+    u = uniq.shape[0]
+    size = _shape_bucket(u)
+    if size > 0.75 * x.shape[0]:
+        return x, v
+    inverse = jnp.asarray(inverse.reshape(-1))
+    summed = jax.ops.segment_sum(jnp.moveaxis(v, -1, 0), inverse, num_segments=size)  # [size, S, O]
+    x_basis = np.concatenate([uniq, np.repeat(uniq[:1], size - u, axis=0)])  # padding rows carry v = 0
+    return x_basis, jnp.moveaxis(summed, 0, -1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _apply_exact(program: GPProgram, per_block: int, columns: tuple[int, ...], x_train: Array, low: Array,
-                 scale: Array, y_mean: Array, y_scale: Array, params: Mapping[str, Any], x: Array) -> Array:
-    xs = (jnp.asarray(x, dtype=x_train.dtype)[:, jnp.asarray(columns)] - low) / scale
+def _apply_exact(program: GPProgram, per_block: int, columns: tuple[int, ...], params: Mapping[str, Any],
+                 x: Array) -> Array:
+    basis = params["basis"]
+    x_fit = basis["x_fit"]
+    xs = (jnp.asarray(x, dtype=x_fit.dtype)[:, jnp.asarray(columns)] - basis["low"]) / basis["scale"]
     kernel = program.kernel
+    per_output = {k: v for k, v in params.items() if k != "basis"}
 
-    def one(p: Mapping[str, Any], x_fit: Array) -> Array:
+    def one(p: Mapping[str, Any], xf: Array) -> Array:
         f = backend.eval_features(kernel, p["theta"], p["features"], xs, per_block) @ p["w"]
-        f = f + backend.gram(kernel, p["theta"], xs, x_fit, same=False) @ p["v"]
+        f = f + backend.gram(kernel, p["theta"], xs, xf, same=False) @ p["v"]
         return f + backend.mean_value(program, p["theta"])
 
-    if x_train.ndim == 2:  # exact GP: training inputs shared by all outputs
-        out = jax.vmap(one, in_axes=(0, None), out_axes=1)(params, x_train)
+    if x_fit.ndim == 2:  # exact GP: basis inputs shared by all outputs
+        out = jax.vmap(one, in_axes=(0, None), out_axes=1)(per_output, x_fit)
     else:  # sparse GP: inducing inputs per output [O, M, D]
-        out = jax.vmap(one, in_axes=(0, 0), out_axes=1)(params, x_train)
-    return out * y_scale + y_mean
+        out = jax.vmap(one, in_axes=(0, 0), out_axes=1)(per_output, x_fit)
+    return out * basis["y_scale"] + basis["y_mean"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -754,8 +803,9 @@ class GPPosterior(eqx.Module):
         st = self.state
         batch = max(1, min(n, int(2e7 // max(1, st.x.shape[0] * num_features * st.y.shape[1]))))
         params = _exact_draw_params(st, key, n, num_features, batch)
-        fn = ExactDrawFn(st.program, num_features, st.columns, st.x, st.low, st.scale, st.y_mean, st.y_scale)
-        return FunctionDraws(params=params, apply_fn=fn)
+        x_basis, params["v"] = collapse_duplicate_inputs(np.asarray(st.x), params["v"])
+        params["basis"] = basis_params(n, jnp.asarray(x_basis), st.low, st.scale, st.y_mean, st.y_scale)
+        return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program, num_features, st.columns))
 
     def to_datatree(self) -> Any:
         """ArviZ ``xarray.DataTree``; see :func:`exact_datatree`."""

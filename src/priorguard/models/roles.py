@@ -31,7 +31,9 @@ def fit_role(
 
     Args:
         spec: the role's model spec.
-        data: ``x [N, D]`` (columns named by ``feature_names``), ``y [N, O]``.
+        data: ``x [N, D]`` (columns named by ``feature_names``: the spec's
+            ``features`` already selected, plus the action columns for W),
+            ``y [N, O]``.
         key: consumed.
         role: the site prefix (``terminal/kernel/lengthscale``, ``world/layer0/w``).
         feature_names: names of the ``D`` input columns.
@@ -40,6 +42,10 @@ def fit_role(
     Returns:
         A :class:`~priorguard.models.base.Posterior`.
     """
+    # The caller has already picked the spec's ``features`` (see role_inputs) and, for W,
+    # appended the action columns: data.x holds exactly what the model reads.
+    if isinstance(spec, GPModel | BNNModel) and spec.features is not None:
+        spec = spec.model_copy(update={"features": None})
     if isinstance(spec, GPModel):
         from priorguard.models.gp import fit_gp
 

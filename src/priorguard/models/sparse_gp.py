@@ -45,6 +45,7 @@ from priorguard.models._numpyro_util import cached_program, count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.gp import (
     ExactDrawFn,
+    basis_params,
     FitRecord,
     fit_map,
     map_objective,
@@ -349,8 +350,8 @@ class SparseGPPosterior(eqx.Module):
         """``n`` pathwise draws from the SVGP posterior (``u ~ q``)."""
         st = self.state
         params = _sparse_draw_params(st, key, n, num_features)
-        fn = ExactDrawFn(st.program, num_features, st.columns, st.z, st.low, st.scale, st.y_mean, st.y_scale)
-        return FunctionDraws(params=params, apply_fn=fn)
+        params["basis"] = basis_params(n, st.z, st.low, st.scale, st.y_mean, st.y_scale)
+        return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program, num_features, st.columns))
 
     def map_hyperparameters(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.state.theta.items()}

@@ -65,7 +65,9 @@ class DataSpec(_Strict):
     behaviour: str = "behaviour"
     #: Fraction of train-split states held out to calibrate vetoes and check coverage.
     calibration_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    #: Cap on the number of points each model is fitted on (subsampled with the run's key).
+    #: Cap on the number of points each model is fitted on (subsampled with the run's key;
+    #: the count is rounded down to one of eight sizes per octave, at most 1/8 fewer,
+    #: so every seed fits models of the same shapes and reuses compiled code).
     max_points: int = Field(default=2000, ge=10, le=10_000_000)
     #: Standard deviation of the rater's label noise on terminal values.
     rater_noise: float = Field(default=0.0, ge=0.0)
@@ -138,6 +140,9 @@ class PlannerSpec(_Strict):
     depth: int = Field(default=8, ge=1, le=1000)
     #: Number of posterior function draws (sampled worlds) per decision.
     function_samples: int = Field(default=16, ge=1, le=4096)
+    #: Random features per kernel term in each GP function draw (the prior part of
+    #: pathwise conditioning); planning cost grows linearly with it.
+    function_features: int = Field(default=512, ge=16, le=65_536)
     policy: Literal["gumbel", "muzero"] = "gumbel"
     #: Lower-confidence-bound scoring: mean - lcb_kappa * std.
     lcb_kappa: float = Field(default=0.0, ge=0.0)
