@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 .PHONY: setup demo test bench
 setup: $(STAMP)
 
+# The flagship: coin-shift's sweep (position vs coin-relative T) x seeds on 2 workers, then its report.
 demo: $(STAMP)
-	$(PG) prior-check coin-shift --out runs/prior-check-coin-shift
+	$(PG) sweep coin-shift --workers 2 --out runs/coin-shift
+	$(PG) report runs/coin-shift
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2

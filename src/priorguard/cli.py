@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from priorguard.priors.errors import SpecError
@@ -232,15 +233,26 @@ def sweep(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Parallel runs.")] = 1,
     backend: Annotated[str, typer.Option("--backend", help="local | ray")] = "local",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster address (HOST:PORT, or auto for the cluster of `ray start`); "
+                          "default: a local Ray on loopback with --workers CPUs.")] = None,
 ) -> None:
     """Run the spec's sweep grid x seeds; resumes where a previous sweep stopped."""
     from priorguard._runtime import configure
 
     if backend not in ("local", "ray"):
         _fail(f"--backend must be 'local' or 'ray', got {backend!r}")
+    if address is not None and backend != "ray":
+        _fail("--address is for --backend ray")
     loaded = _load(spec, set_)
     _prepare_out(out_dir)
+    if backend == "ray":
+        from priorguard.experiments.sweep import BackendError, import_ray
+
+        try:
+            import_ray()
+        except BackendError as e:
+            _fail(escape(str(e)))
     configure()
     _sweep_and_report(loaded, out_dir, workers=workers, backend=backend, address=address, progress=False)
 
@@ -303,7 +315,12 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
                     store.mark_failed(task.run_id, f"{type(exc).__name__}: {exc}")
                     on_event("failed", task, TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}"))
         else:
-            run_sweep(tasks, store, workers=workers, backend=backend, address=address, on_event=on_event)
+            from priorguard.experiments.sweep import BackendError
+
+            try:
+                run_sweep(tasks, store, workers=workers, backend=backend, address=address, on_event=on_event)
+            except BackendError as e:
+                _fail(escape(str(e)))
     ids = {t.run_id for t in tasks}
     rows = []
     for rec in store.records(experiment=loaded.name):

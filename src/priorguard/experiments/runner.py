@@ -222,7 +222,8 @@ class Runner:
         oracle = evaluate(spec.env, "deploy", spec.data.deploy_episodes, keys["deploy"],
                           policy_actor(spec.env, "oracle", keys["alone"]))
         self.progress("plan on train split")
-        train = evaluate(spec.env, "train", max(4, spec.data.deploy_episodes // 2), keys["train"], act)
+        # as many episodes as on deploy: the same batch shape, so the planner compiled above is reused
+        train = evaluate(spec.env, "train", spec.data.deploy_episodes, keys["train"], act)
 
         self.progress("score")
         metrics = self.score(posteriors, cal_data, deploy, deploy_nv, alone, oracle, train)

@@ -5,18 +5,31 @@ seed, the store folder). A worker runs it and writes its folder atomically;
 only the parent writes the SQLite index. Resume is automatic: runs whose folder
 is complete are skipped, everything else is (re)done. One failed run never
 stops the others, and each failure is reported as it happens.
+
+Backends: ``local`` (a process pool of spawned workers; one worker runs in
+this process) and ``ray`` (Ray tasks on a cluster given by its address, or on
+a local Ray started on loopback for the sweep). Both run the same tasks with
+the same worker set-up (:func:`priorguard._runtime.configure`). A Ray worker
+that cannot see the store's folder (no shared file system) sends the run's
+files back and the parent writes them, with the same atomic rename.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import shutil
+import tempfile
 import traceback
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from priorguard.experiments.store import ResultStore, run_id_for
@@ -108,12 +121,17 @@ def run_sweep(
         store: where results go; reconciled first, so an interrupted sweep resumes.
         workers: parallel worker processes (local) or concurrent tasks (Ray).
         backend: ``"local"`` (process pool; 1 worker runs in this process) or ``"ray"``.
-        address: Ray cluster address (default: a local Ray on loopback).
+        address: Ray cluster address, e.g. ``"auto"`` or ``"HOST:6379"`` (default: start a
+            local Ray on loopback with ``workers`` CPUs, shut down when the sweep ends). Not used
+            when Ray is already initialized in this process.
         run_fn: ``"module:function"`` that runs one task and returns its metrics.
         on_event: called as runs are skipped, start, finish or fail.
 
     Returns:
         run id -> outcome, for the tasks run now.
+
+    Raises:
+        BackendError: the Ray backend without Ray installed, or a cluster that cannot be reached.
     """
     emit = on_event or (lambda *a: None)
     store.reconcile()
@@ -177,39 +195,163 @@ def _run_pool(tasks, store, workers, run_fn, emit, finish) -> None:
                 pending = []
 
 
-def _run_ray(tasks, store, workers, address, run_fn, emit, finish) -> None:
+# --- Ray ---------------------------------------------------------------------------
+
+
+class BackendError(RuntimeError):
+    """A sweep backend cannot be used (Ray not installed, cluster unreachable)."""
+
+
+def import_ray() -> Any:
+    """Imports Ray (an optional dependency), or raises :class:`BackendError` saying how to get it."""
     try:
         import ray
-    except ImportError:
-        raise RuntimeError(
-            "the ray backend needs the optional extra: pip install 'priorguard[ray]'"
+    except ImportError as exc:
+        raise BackendError(
+            f"the ray backend needs Ray, which is not installed ({exc}); "
+            "install it with: pip install 'priorguard[ray]'"
         ) from None
+    return ray
+
+
+@contextmanager
+def _local_ray_environment(ray: Any) -> Iterator[None]:
+    """Settings for a Ray started here: loopback only, no usage stats.
+
+    Ray binds a new local cluster to the address it would use to reach other
+    machines; Ray's own switch for single-machine clusters (the one it uses on
+    macOS and Windows) binds every process to 127.0.0.1 instead. It is read
+    from the environment at import and by the processes Ray starts, so both
+    are set while the cluster starts.
+    """
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    cluster_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if cluster_flag is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if cluster_flag is not None:
+            constants.ENABLE_RAY_CLUSTER = cluster_flag
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _init_ray(ray: Any, address: str | None, workers: int) -> None:
+    """Connects to the cluster at ``address``, or starts a local Ray with ``workers`` CPUs."""
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            with _local_ray_environment(ray):
+                # "local" always starts a new cluster (never joins one found through RAY_ADDRESS)
+                ray.init(address="local", num_cpus=max(workers, 1), **common)
+    except Exception as exc:
+        what = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        raise BackendError(f"cannot {what}: {type(exc).__name__}: {exc}") from None
+
+
+def _run_ray(tasks, store, workers, address, run_fn, emit, finish) -> None:
+    """Runs the tasks as Ray tasks, at most ``workers`` at a time, finishing each as it completes.
+
+    A run is written by its worker straight into the store when the worker
+    sees the store's folder (one machine, or a shared file system); otherwise
+    the worker runs into a temporary store of its own and sends the run's
+    files back, and they are written here. Either way the folder appears by
+    an atomic rename, and only this process writes the index.
+    """
+    if not tasks:
+        return  # everything was already done: no cluster needed
+    ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"_node_ip_address": "127.0.0.1"}))
+        _init_ray(ray, address, workers)
+    # a folder whose presence tells a worker that it sees this very store
+    marker = f".ray-{uuid.uuid4().hex[:12]}"
+    inflight: dict[Any, RunTask] = {}
     try:
-        remote = ray.remote(_ray_task)
-        queue = list(tasks)
-        inflight: dict[Any, RunTask] = {}
+        (store.tmp_dir / marker).mkdir(parents=True)
+        # no retries: a run whose worker died is failed, and the next sweep redoes it (as locally)
+        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+        queue = [replace(t, store_root=str(Path(t.store_root).resolve())) for t in tasks]
         while queue or inflight:
             while queue and len(inflight) < max(workers, 1):
                 task = queue.pop(0)
                 store.mark_running(task.run_id)
                 emit("start", task, None)
-                inflight[remote.remote(asdict(task), run_fn)] = task
+                inflight[remote.remote(asdict(task), run_fn, marker)] = task
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 task = inflight.pop(ref)
                 try:
-                    finish(task, TaskOutcome(**ray.get(ref)))
-                except Exception as exc:
-                    finish(task, TaskOutcome(task.run_id, False, error=f"ray task failed: {exc}"))
+                    result = ray.get(ref)
+                except Exception as exc:  # the worker died (or was killed): this run fails, the others go on
+                    outcome = TaskOutcome(task.run_id, False, error=f"ray task failed: {_first_line(exc)}")
+                else:
+                    try:
+                        outcome = _receive(store, task, result)
+                    except Exception as exc:
+                        outcome = TaskOutcome(task.run_id, False,
+                                              error=f"writing the run's files failed: {_first_line(exc)}")
+                finish(task, outcome)
     finally:
+        for ref in inflight:  # interrupted: stop the runs still going
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        shutil.rmtree(store.tmp_dir / marker, ignore_errors=True)
         if started_here:
             ray.shutdown()
 
 
-def _ray_task(task: dict[str, Any], run_fn: str) -> dict[str, Any]:
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def _ray_task(task: dict[str, Any], run_fn: str, marker: str) -> dict[str, Any]:
+    """The Ray task: configures JAX like a local worker, then runs one task."""
     _worker_init()
-    return asdict(run_one(RunTask(**task), run_fn))
+    return _run_remote(RunTask(**task), run_fn, marker)
+
+
+def _run_remote(task: RunTask, run_fn: str, marker: str) -> dict[str, Any]:
+    """Runs a task on a Ray worker; the run's files come back when the store is not visible here."""
+    if (Path(task.store_root) / "tmp" / marker).is_dir():
+        return {"outcome": asdict(run_one(task, run_fn)), "files": None}
+    local = Path(tempfile.mkdtemp(prefix="priorguard-run-"))
+    try:
+        outcome = run_one(replace(task, store_root=str(local)), run_fn)
+        folder = local / "runs" / task.run_id
+        files = None
+        if outcome.ok and folder.is_dir():
+            files = {p.relative_to(folder).as_posix(): p.read_bytes()
+                     for p in sorted(folder.rglob("*")) if p.is_file()}
+        return {"outcome": asdict(outcome), "files": files}
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _receive(store: ResultStore, task: RunTask, result: dict[str, Any]) -> TaskOutcome:
+    """A Ray task's outcome; writes the run's files into the store when the worker sent them."""
+    outcome = TaskOutcome(**result["outcome"])
+    files = result.get("files")
+    if outcome.ok and files is not None:
+        with store.writing(task.run_id) as folder:
+            # metrics.json last, as a run writes it
+            for rel, data in sorted(files.items(), key=lambda kv: (kv[0] == "metrics.json", kv[0])):
+                parts = PurePosixPath(rel).parts
+                if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+                    raise ValueError(f"unsafe file name from a worker: {rel!r}")
+                path = folder.joinpath(*parts)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+    return outcome

@@ -60,6 +60,7 @@ class DataSpec(_Strict):
     """How train-split data is collected and split."""
 
     train_episodes: int = Field(default=200, ge=1, le=1_000_000)
+    #: Evaluation episodes on the deploy split (and as many on the train split, for false vetoes).
     deploy_episodes: int = Field(default=50, ge=1, le=1_000_000)
     #: Behaviour policy for data collection: a reference policy of the env.
     behaviour: str = "behaviour"
