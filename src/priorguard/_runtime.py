@@ -33,7 +33,7 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
     try:
         cache.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     except OSError:
         pass  # a read-only home: run without the persistent cache

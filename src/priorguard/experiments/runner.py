@@ -688,9 +688,12 @@ def write_run(folder: Any, spec: ExperimentSpec, seed: int, overrides: dict[str,
     if artifacts.calibration is not None:
         write_json(folder / "calibration.json", artifacts.calibration)
     write_json(folder / "curves.json", {k: np.asarray(v).tolist() for k, v in artifacts.curves.items()})
+    from priorguard.analysis.run_plots import write_run_plots
+
+    metrics = {**artifacts.metrics, "seed": seed, "overrides": overrides, "experiment": spec.name, "env": spec.env}
+    write_run_plots(folder, metrics=metrics)  # never raises; a failed plot is a RunPlotWarning
     # metrics.json last: its presence marks a complete run
-    write_json(folder / "metrics.json", {**artifacts.metrics, "seed": seed, "overrides": overrides,
-                                         "experiment": spec.name, "env": spec.env})
+    write_json(folder / "metrics.json", metrics)
 
 
 def execute_task(task: Any) -> dict[str, Any]:
