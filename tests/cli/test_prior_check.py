@@ -18,7 +18,9 @@ def cli(*args):
 
 def test_prior_check_writes_datatrees_and_plots(tmp_path):
     out = tmp_path / "pc"
-    r = cli("prior-check", "coin-shift", "--out", out, "--draws", "12")
+    # the design's example spec: T's kernel over two features (the shipped flagship sweeps one)
+    r = cli("prior-check", Path(__file__).resolve().parents[1] / "data" / "spec-example.toml", "--out", out,
+            "--draws", "12")
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["prior_instrumental.nc", "prior_instrumental.png", "prior_terminal.nc", "prior_terminal.png",
