@@ -85,7 +85,24 @@ def _resolve(run_fn: str) -> Callable[[RunTask], dict[str, Any]]:
     return getattr(importlib.import_module(module), name)
 
 
-def _worker_init() -> None:
+def _worker_init(counter: Any = None, workers: int = 1) -> None:
+    """Sets a pool worker up: its own share of the CPUs, then JAX (:func:`configure`).
+
+    With several workers each is pinned to a disjoint group of the CPUs this
+    process may use, before JAX starts: XLA sizes its thread pools by the
+    CPUs a process may run on, so two workers on two cores get one thread
+    each instead of fighting over both.
+    """
+    if counter is not None and workers > 1 and hasattr(os, "sched_setaffinity"):
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= workers:
+            group = cpus[index % workers::workers]
+            os.sched_setaffinity(0, group)
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, str(len(group)))
     from priorguard._runtime import configure
 
     configure()
@@ -172,7 +189,9 @@ def _run_pool(tasks, store, workers, run_fn, emit, finish) -> None:
     pending = list(tasks)
     while pending:
         ctx = get_context("spawn")  # never fork a process that has started JAX
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+        counter = ctx.Value("i", 0)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(counter, workers)) as pool:
             futures: dict[Future, RunTask] = {}
             for task in pending:
                 store.mark_running(task.run_id)
