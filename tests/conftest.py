@@ -7,6 +7,3 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-
-# Statistical tests run at reduced size unless PRIORGUARD_FULL=1.
-FULL = os.environ.get("PRIORGUARD_FULL") == "1"

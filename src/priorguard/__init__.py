@@ -7,7 +7,7 @@ BNNs), :mod:`priorguard.planners` (one-step, MCTS, CEM, vetoes, audits),
 registers them with gymnasium), :mod:`priorguard.experiments` (runner, sweeps,
 result store) and :mod:`priorguard.analysis` (ArviZ diagnostics, reports).
 Importing priorguard registers the environments, so
-``gymnasium.make("priorguard/CoinShift-v0", split="deploy")`` works after it.
+``gymnasium.make("priorguard/CoinShift-v1", split="deploy")`` works after it.
 """
 
 from priorguard import envs

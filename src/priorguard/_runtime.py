@@ -35,6 +35,10 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
         jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    except OSError:
-        pass  # a read-only home: run without the persistent cache
+    except OSError as exc:  # a read-only home: run on, without the persistent cache
+        import warnings
+
+        warnings.warn(f"persistent compilation cache disabled: cannot create {cache} ({exc.strerror}); "
+                      "set PRIORGUARD_CACHE to a writable folder to reuse compiled programs across runs",
+                      RuntimeWarning, stacklevel=2)
     _DONE = True

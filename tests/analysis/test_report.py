@@ -51,3 +51,14 @@ def test_report_cli_rejects_a_non_store(tmp_path):
     r = subprocess.run([sys.executable, "-m", "priorguard.cli", "report", str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "not a result store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_point_labels_are_short_and_merge_linked_paths():
+    from priorguard.analysis.report import _label
+
+    assert _label({"terminal.features": ["agent_x"], "instrumental.features": ["agent_x"]}) == \
+        "terminal+instrumental.features=['agent_x']"
+    assert _label({"terminal.features": ["agent_x"], "instrumental.features": ["coin_dx"]}) == \
+        "terminal.features=['agent_x'], instrumental.features=['coin_dx']"
+    assert _label({"terminal.kernel.kind": "rbf", "planner.depth": 3}) == "kernel.kind=rbf, planner.depth=3"
+    assert _label({}) == "base"

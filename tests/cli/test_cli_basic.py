@@ -63,7 +63,7 @@ def test_missing_spec_exits_2():
 def test_list_shows_kernels_distributions_envs_and_experiments():
     r = cli("list")
     assert r.returncode == 0, r.stderr
-    for word in ("matern52", "LogNormal", "coin-shift", "priorguard/CoinShift-v0"):
+    for word in ("matern52", "LogNormal", "coin-shift", "priorguard/CoinShift-v1"):
         assert word in r.stdout
     bad = cli("list", "kernals")
     assert bad.returncode == 2 and "did you mean 'kernels'" in bad.stderr
@@ -73,3 +73,22 @@ def test_schema_command_matches_committed_schema(tmp_path):
     r = cli("schema", "--out", tmp_path / "s.json")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads((ROOT / "docs" / "spec.schema.json").read_text())
+
+
+def test_unwritable_cache_warns_once_and_runs_on(tmp_path):
+    """A cache folder that cannot be created disables the persistent cache with a warning, not an error."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = ("import warnings, jax\n"
+            "warnings.simplefilter('always')\n"
+            "from priorguard._runtime import configure\n"
+            "configure(); configure()\n"
+            "print(jax.numpy.ones(2).sum(), jax.config.jax_compilation_cache_dir)\n")
+    import os
+
+    env = dict(os.environ, PRIORGUARD_CACHE=str(blocker / "cache"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("persistent compilation cache disabled") == 1, r.stderr
+    assert "PRIORGUARD_CACHE" in r.stderr
+    assert r.stdout.split()[0] == "2.0" and str(blocker) not in r.stdout

@@ -6,29 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_sizes import tiny_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.stem for p in (ROOT / "experiments").glob("*.toml"))
 
-TINY = [
-    "data.train_episodes=4", "data.deploy_episodes=2", "data.max_points=200",
-    "world.inference.steps=40", "terminal.inference.steps=20",
-    "planner.simulations=4", "planner.function_samples=2", "planner.depth=2",
-    "planner.cem={iterations = 1, population = 8, elites = 2, horizon = 2}",
-    "audit={states = 16, horizon = 2, adversarial_restarts = 2, adversarial_steps = 5}",
-]
 TIMING = ("_s",)
-
-
-def tiny_args(name):
-    args = []
-    for item in TINY:
-        args += ["--set", item]
-    text = (ROOT / "experiments" / f"{name}.toml").read_text()
-    if "[instrumental]" in text:
-        args += ["--set", "instrumental.horizon=2", "--set", "instrumental.rollouts=2",
-                 "--set", "instrumental.inference.steps=20"]
-    return args
 
 
 def run_cli(name, out):

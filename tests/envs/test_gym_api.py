@@ -102,7 +102,7 @@ def test_ansi_render_is_text(env_id):
 
 
 def test_render_pictures():
-    coin = gymnasium.make("priorguard/CoinShift-v0", split="train", render_mode="ansi").unwrapped
+    coin = gymnasium.make("priorguard/CoinShift-v1", split="train", render_mode="ansi").unwrapped
     coin.reset(options={"state": np.array([2.0, 9.0], np.float32)})
     assert coin.render().startswith("|..A......C|")
     lava = gymnasium.make("priorguard/LavaShift-v0", split="train", render_mode="ansi").unwrapped
@@ -123,14 +123,14 @@ def test_reset_from_a_given_state():
     ("env_id", "kwargs", "message"),
     [
         (
-            "priorguard/CoinShift-v0",
+            "priorguard/CoinShift-v1",
             {"split": "test"},
             r"split must be one of \('train', 'deploy'\); got 'test'",
         ),
         ("priorguard/Vault-v0", {"split": None}, r"split must be one of .*; got None"),
-        ("priorguard/CoinShift-v0", {"length": 2}, r"length must be an integer in \[3, 1000\]; got 2"),
-        ("priorguard/CoinShift-v0", {"length": "10"}, r"length must be an integer .*got '10' of type str"),
-        ("priorguard/CoinShift-v0", {"length": 10.0}, r"length must be an integer .*of type float"),
+        ("priorguard/CoinShift-v1", {"length": 2}, r"length must be an integer in \[3, 1000\]; got 2"),
+        ("priorguard/CoinShift-v1", {"length": "10"}, r"length must be an integer .*got '10' of type str"),
+        ("priorguard/CoinShift-v1", {"length": 10.0}, r"length must be an integer .*of type float"),
         ("priorguard/LavaShift-v0", {"rows": 4}, r"rows must be an integer in \[5, 50\]; got 4"),
         ("priorguard/LavaShift-v0", {"cols": True}, r"cols must be an integer .*of type bool"),
         (

@@ -11,14 +11,14 @@ import pytest
 import priorguard.envs as pe
 
 SUITE = [
-    "priorguard/CoinShift-v0",
+    "priorguard/CoinShift-v1",
     "priorguard/Vault-v0",
     "priorguard/Assistant-v0",
     "priorguard/LavaShift-v0",
     "priorguard/ShiftedPendulum-v0",
 ]
 ENV_CLASSES = {
-    "priorguard/CoinShift-v0": pe.CoinShiftEnv,
+    "priorguard/CoinShift-v1": pe.CoinShiftEnv,
     "priorguard/Vault-v0": pe.VaultEnv,
     "priorguard/Assistant-v0": pe.AssistantEnv,
     "priorguard/LavaShift-v0": pe.LavaShiftEnv,
@@ -42,7 +42,7 @@ def test_env_info_matches_the_built_environment(env_id):
     assert cls.feature_names == info.feature_names
     assert cls.feature_ranges == info.feature_ranges
     assert list(info.feature_ranges) == list(info.feature_names)
-    assert info.env_id == env_id and info.version == 0 and info.num_features == len(info.feature_names)
+    assert info.env_id == env_id and info.version == int(env_id[-1]) and info.num_features == len(info.feature_names)
     low, high = np.array(list(info.feature_ranges.values()), np.float32).T
     np.testing.assert_array_equal(env.observation_space.low, low)
     np.testing.assert_array_equal(env.observation_space.high, high)
@@ -58,13 +58,13 @@ def test_env_info_matches_the_built_environment(env_id):
 
 
 def test_env_info_is_frozen_and_follows_size_arguments():
-    info = pe.env_info("priorguard/CoinShift-v0")
+    info = pe.env_info("priorguard/CoinShift-v1")
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.horizon = 3  # type: ignore[misc]
     assert info.horizon == 30 and info.feature_ranges["agent_x"] == (0.0, 9.0)
-    big = pe.env_info("priorguard/CoinShift-v0", length=20)
+    big = pe.env_info("priorguard/CoinShift-v1", length=20)
     assert big.horizon == 60 and big.feature_ranges["coin_dx"] == (-19.0, 19.0)
-    env = gymnasium.make("priorguard/CoinShift-v0", split="train", length=20).unwrapped
+    env = gymnasium.make("priorguard/CoinShift-v1", split="train", length=20).unwrapped
     assert env.feature_ranges == big.feature_ranges  # instance ranges follow the size
     assert pe.CoinShiftEnv.feature_ranges == info.feature_ranges  # class ranges stay the defaults
     assert pe.env_info("priorguard/LavaShift-v0", rows=9, cols=11).horizon == 80
@@ -73,8 +73,8 @@ def test_env_info_is_frozen_and_follows_size_arguments():
 @pytest.mark.parametrize(
     ("query", "closest"),
     [
-        ("priorguard/CoinShit-v0", "priorguard/CoinShift-v0"),
-        ("coinshift", "priorguard/CoinShift-v0"),
+        ("priorguard/CoinShit-v0", "priorguard/CoinShift-v1"),
+        ("coinshift", "priorguard/CoinShift-v1"),
         ("priorguard/Lava-v0", "priorguard/LavaShift-v0"),
         ("Pendulum-v1", "priorguard/ShiftedPendulum-v0"),
         ("priorguard/Vault-v1", "priorguard/Vault-v0"),
@@ -94,9 +94,9 @@ def test_lookup_errors_are_value_errors_that_name_the_argument():
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'deploy'\); got 'test'"):
         pe.jax_model("priorguard/Vault-v0", "test")
     with pytest.raises(ValueError, match=r"unknown argument .*\['size'\]; allowed: \['length'\]"):
-        pe.env_info("priorguard/CoinShift-v0", size=4)
+        pe.env_info("priorguard/CoinShift-v1", size=4)
     with pytest.raises(ValueError, match=r"length must be an integer in \[3, 1000\]; got 2"):
-        pe.jax_model("priorguard/CoinShift-v0", "train", length=2)
+        pe.jax_model("priorguard/CoinShift-v1", "train", length=2)
     with pytest.raises(ValueError, match="unknown env_id"):
         pe.reference_policies("priorguard/Nope-v0")
 

@@ -66,8 +66,8 @@ def test_coin_shift_moves_the_coin_and_keeps_the_corridor():
 
 def test_coin_shift_hypotheses_agree_along_train_trajectories():
     """Every state a train episode visits: value by position == value by coin offset."""
-    env = gymnasium.make("priorguard/CoinShift-v0", split="train")
-    behaviour = pe.reference_policies("priorguard/CoinShift-v0")["behaviour"]
+    env = gymnasium.make("priorguard/CoinShift-v1", split="train")
+    behaviour = pe.reference_policies("priorguard/CoinShift-v1")["behaviour"]
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
     for _ in range(2000):
@@ -164,7 +164,7 @@ def test_jax_reset_draws_the_documented_start_distribution():
     """The JAX model's reset(key) draws the same distribution as gymnasium (here: coin positions)."""
     keys = jax.random.split(jax.random.key(0), 3000)
     for split, expected in (("train", {9}), ("deploy", set(range(10)))):
-        reset = jax.jit(jax.vmap(pe.jax_model("priorguard/CoinShift-v0", split).reset))
+        reset = jax.jit(jax.vmap(pe.jax_model("priorguard/CoinShift-v1", split).reset))
         coins = np.asarray(reset(keys))[:, 1]
         assert set(coins) == expected
         if split == "deploy":

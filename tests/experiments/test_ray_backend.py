@@ -24,18 +24,10 @@ import ray  # noqa: F401  (a dev dependency: its absence must fail, not skip)
 
 from priorguard.experiments.store import ResultStore, run_id_for
 from priorguard.experiments.sweep import RunTask, _receive, _run_remote
+from tiny_sizes import tiny_args
 
 HERE = Path(__file__).resolve().parent
 
-# tiny sizes, as tests/cli/test_shipped_experiments.py (so compiled programs are shared through the cache)
-TINY = [
-    "data.train_episodes=4", "data.deploy_episodes=2", "data.max_points=200",
-    "world.inference.steps=40", "terminal.inference.steps=20",
-    "planner.simulations=4", "planner.function_samples=2", "planner.depth=2",
-    "planner.cem={iterations = 1, population = 8, elites = 2, horizon = 2}",
-    "audit={states = 16, horizon = 2, adversarial_restarts = 2, adversarial_steps = 5}",
-    "seeds=[0]",  # lava-shift sweeps planner.veto.enabled over [true, false]: 2 points x 1 seed
-]
 TIMING = "_s"
 
 
@@ -44,7 +36,7 @@ def ray_env():
     """Environment for a subprocess that starts a local Ray: own temp folder, no usage stats."""
     tmp = tempfile.mkdtemp(prefix="pgray-", dir="/tmp")
     env = dict(os.environ, RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     env.pop("RAY_ADDRESS", None)
     yield env
     left = _wait_for_ray_processes_to_end(tmp)
@@ -74,9 +66,9 @@ def _wait_for_ray_processes_to_end(tmp: str, timeout: float = 15.0) -> list[str]
 
 
 def sweep_cli(out: Path, env: dict, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "priorguard.cli", "sweep", "lava-shift", "--out", str(out), *extra]
-    for item in TINY:
-        args += ["--set", item]
+    # lava-shift sweeps planner.veto.enabled over [true, false]: 2 points x 1 seed
+    args = [sys.executable, "-m", "priorguard.cli", "sweep", "lava-shift", "--out", str(out), *extra,
+            *tiny_args("lava-shift", "seeds=[0]")]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import jax
@@ -301,8 +300,6 @@ def test_nuts_program_is_numpyros_nuts():
 @pytest.mark.parametrize("method", ["nuts", "svi"])
 def test_speed_prior_evidence_under_sampling_methods(method):
     """NUTS (Laplace at a polished draw) and SVI (ELBO) also give a depth posterior."""
-    if os.environ.get("PRIORGUARD_FULL") != "1":
-        pytest.skip("compiles a sampler per depth; runs with PRIORGUARD_FULL=1")
     x, y = _sin_data(30)
     inference = ({"method": "nuts", "warmup": 150, "samples": 150, "chains": 2} if method == "nuts"
                  else {"method": "svi", "steps": 3000, "learning_rate": 0.02})
@@ -333,8 +330,6 @@ def test_docstring_examples_run():
 
 @pytest.mark.slow
 def test_low_rank_guide_fits():
-    if os.environ.get("PRIORGUARD_FULL") != "1":
-        pytest.skip("compiles one more SVI program; runs with PRIORGUARD_FULL=1")
     x, y = _sin_data()
     spec = BNNModel(model="bnn", hidden=[4],
                     inference={"method": "svi", "guide": "lowrank", "steps": 2000, "learning_rate": 0.02})

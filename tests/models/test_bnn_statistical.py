@@ -1,7 +1,7 @@
 """Statistical tests of the BNN backend against known answers.
 
-Each runs at a reduced size by default; ``PRIORGUARD_FULL=1`` runs the
-full-size form of the ones marked ``slow``. Tolerances come from Monte-Carlo
+Each runs at a reduced size by default; ``pytest -m slow`` runs the
+full-size forms marked ``slow``, and ``PRIORGUARD_FULL=1`` scales up the others. Tolerances come from Monte-Carlo
 error (ESS-based standard errors, binomial bands).
 """
 
@@ -254,8 +254,6 @@ def test_predictive_interval_coverage(size):
     set it wobbles by about 1-2 points (e.g. the noise estimate). The test set is
     kept at a size where the binomial band (3 sigma) is wider than that.
     """
-    if size == "full" and not FULL:
-        pytest.skip("full size needs PRIORGUARD_FULL=1")
     full = size == "full"
     x, y = _smooth_data(200 if full else 60, seed=21)
     spec = BNNModel(model="bnn", hidden=[10],

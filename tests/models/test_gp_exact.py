@@ -300,3 +300,26 @@ def test_lapack_inverse_path_at_large_n():
     fd = (objective.value_and_grad(u + h * direction, x, y)[0]
           - objective.value_and_grad(u - h * direction, x, y)[0]) / (2 * h)
     np.testing.assert_allclose(float(grad @ direction), float(fd), rtol=1e-6)
+
+
+def test_numeric_prior_mean_is_where_the_gp_reverts_away_from_data():
+    """``mean = 0.0`` (raw units): far from data the prediction returns to 0, not to the targets' average."""
+    from priorguard.models.gp import fit_gp
+    from priorguard.priors.models import GPModel
+
+    x = np.linspace(0.0, 0.3, 12)[:, None]
+    y = 2.0 + 0.1 * np.sin(20 * x)  # targets average ~2
+    far = jnp.asarray([[0.95]])
+    means = {}
+    for mean in ("zero", 0.0, -1.0):
+        spec = GPModel(model="gp", mean=mean, kernel={"kind": "rbf", "lengthscale": 0.05, "variance": 1.0},
+                       inference={"method": "map", "steps": 30})
+        post = fit_gp(spec, as_data(x, y), key=jax.random.key(0), feature_ranges=[(0.0, 1.0)])
+        means[mean] = float(post.predict(far).mean[0, 0])
+        near = post.predict(jnp.asarray(x[3:4]))
+        np.testing.assert_allclose(float(near.mean[0, 0]), y[3, 0], atol=0.05)  # data still fitted
+    assert abs(means["zero"] - y.mean()) < 1e-3
+    assert abs(means[0.0]) < 1e-3 and abs(means[-1.0] + 1.0) < 1e-3
+    prep = prepare_data(as_data(x, y), prior_mean=0.0, feature_ranges=[(0.0, 1.0)])
+    np.testing.assert_allclose(prep.y_mean, [0.0])
+    np.testing.assert_allclose(prep.y_scale, [np.sqrt(np.mean(y**2))])

@@ -1,13 +1,12 @@
 """Statistical checks: interval coverage, hyperparameter recovery, simulation-based calibration.
 
-Reduced sizes by default; ``PRIORGUARD_FULL=1`` runs the ``slow`` full-size forms.
+Reduced sizes by default; ``pytest -m slow`` runs the full-size forms.
 Tolerances come from binomial / Monte-Carlo error, not from tuning.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,6 @@ from priorguard.priors.distributions import Prior
 from priorguard.priors.kernels import parse_kernel
 from priorguard.priors.models import MapInference, NutsInference
 
-FULL = os.environ.get("PRIORGUARD_FULL") == "1"
 
 
 def _gp_draw(rng, x, lengthscale, variance, noise):
@@ -79,7 +77,6 @@ def test_predictive_interval_coverage():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="full size runs with PRIORGUARD_FULL=1")
 def test_predictive_interval_coverage_full():
     rate, n = _exact_coverage(datasets=5000, seed=2)
     _assert_binomial(rate, n)
@@ -145,7 +142,6 @@ def test_sbc_hyperparameters_reduced():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="full size runs with PRIORGUARD_FULL=1")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_sbc_hyperparameters_full():
     ranks = _sbc_ranks(replicates=1000, seed=5, thin=10, draws=19)

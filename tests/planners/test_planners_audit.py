@@ -143,3 +143,45 @@ def test_adversarial_search_finds_the_planted_bad_region():
     np.testing.assert_allclose(result.true_values[0], result.predicted_mean[0], atol=0.05)
     assert np.all(np.diff(np.asarray(result.objective)) >= 0)  # ranked
     assert (np.abs(np.asarray(result.states)) <= 3.0).all()  # projected into the bounds
+
+
+TRACES = {"sample": 0, "probs": 0}
+
+
+class _CountingProposal(FixedProposal):
+    """Counts traces (Python calls happen only while JAX traces a jitted function)."""
+
+    def sample(self, params, key, obs, k):
+        TRACES["sample"] += 1
+        return super().sample(params, key, obs, k)
+
+    def probs(self, params, obs):
+        TRACES["probs"] += 1
+        return super().probs(params, obs)
+
+
+def test_audits_of_a_new_run_reuse_the_compiled_programs():
+    """Fresh policy/sampler modules with new parameters (a new run) compile nothing new."""
+    from priorguard.experiments.runner import ObservedStateSampler
+    from priorguard.envs import jax_model
+    from priorguard.planners import ProposalProbs
+
+    models = TRAP
+    env = jax_model("priorguard/CoinShift-v1", "deploy")
+    sampler_models = PlanningModels(world=linear_draws(np.zeros((3, 4 + 2, 4))),
+                                    terminal=linear_draws(np.ones((3, 1, 1))), terminal_columns=(0,), num_actions=2)
+    counts = []
+    for logits in ([0.0, 1.0], [2.0, -1.0]):
+        proposal = _CountingProposal(2)
+        params = jnp.asarray(logits)
+        random_state_audit(sampler_models, jax.random.key(0), state_sampler=ObservedStateSampler(env),
+                           policy=proposal_policy(proposal, params), num_states=8, horizon=2)
+        adversarial_search(models, jax.random.key(1), policy_fn=ProposalProbs(proposal, params),
+                           state_low=-jnp.ones(2), state_high=jnp.ones(2), num_restarts=2, num_steps=3)
+        from priorguard.planners.veto import calibration_scores
+
+        calibration_scores(models, jax.random.key(2), jnp.ones((70 + int(logits[0]), 2)), discount=0.9,
+                           proposal=proposal, proposal_params=params)
+        counts.append(dict(TRACES))
+    assert counts[0]["sample"] >= 2 and counts[0]["probs"] >= 1
+    assert counts[1] == counts[0]

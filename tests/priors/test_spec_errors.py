@@ -34,7 +34,7 @@ NORMAL = {"dist": "Normal", "loc": 0.0, "scale": 1.0}
 CORPUS = [
     ("unknown-top-key", {"nmae": "x"}, "nmae", "did you mean 'name'"),
     ("missing-env", {"env": DEL}, "env", "required"),
-    ("unknown-env", {"env": "priorguard/CoinShfit-v0"}, "env", "did you mean"),
+    ("unknown-env", {"env": "priorguard/CoinShfit-v1"}, "env", "did you mean"),
     ("bad-name", {"name": "has space"}, "name", "letters"),
     ("name-type", {"name": 3}, "name", "string"),
     ("seeds-empty", {"seeds": []}, "seeds", "at least 1"),
@@ -115,6 +115,13 @@ CORPUS = [
     ("sweep-bad-value", {"sweep": {"terminal.kernel.kind": ["rbf", "matern"]}}, 'sweep."terminal.kernel.kind"[1]', "unknown kernel kind"),
     ("sweep-bad-number", {"sweep": {"planner.proposals": [4, -4]}}, 'sweep."planner.proposals"[1]', ">= 1"),
     ("sweep-index-path", {"sweep": {"seeds[3]": [1]}}, 'sweep."seeds[3]"', "no item"),
+    ("sweep-linked-length", {"sweep": {"terminal.features, instrumental.features": [[["agent_x"]]]}}, "sweep",
+     "needs a list of 2 values"),
+    ("sweep-linked-repeat", {"sweep": {"planner.depth, planner.depth": [[1, 2]]}}, "sweep", "distinct"),
+    ("sweep-linked-bad-path", {"sweep": {"terminal.features, instrumental.featurs": [[["agent_x"], ["agent_x"]]]}},
+     'sweep."terminal.features, instrumental.featurs"', "did you mean 'features'"),
+    ("sweep-linked-bad-value", {"sweep": {"terminal.features, instrumental.features": [[["agent_x"], ["nope"]]]}},
+     'sweep."terminal.features, instrumental.features"[0]', "no feature 'nope'"),
 ]
 
 

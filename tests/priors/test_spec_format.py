@@ -54,7 +54,7 @@ def test_toml_round_trip_both_ways(path):
 def test_python_objects_round_trip_to_toml():
     spec = ExperimentSpec(
         name="objects",
-        env="priorguard/CoinShift-v0",
+        env="priorguard/CoinShift-v1",
         terminal=GPModel(
             model="gp",
             features=["coin_dx"],
@@ -71,7 +71,7 @@ def test_python_objects_round_trip_to_toml():
 
 def test_structure_search_spec():
     spec = ExperimentSpec.from_dict({
-        "name": "s", "env": "priorguard/CoinShift-v0",
+        "name": "s", "env": "priorguard/CoinShift-v1",
         "terminal": {"model": "gp", "kernel": {"search": ["rbf", "linear", "periodic"], "max_terms": 3,
                                                 "simplicity": 1.0}},
         "world": {"model": "bnn"},
@@ -90,6 +90,23 @@ def test_sweep_expands_grid_times_seeds():
     # the matern52 point keeps the declared hyperpriors
     m52 = next(r[1] for r in runs if r[1].terminal.kernel.kind == "matern52")
     assert m52.terminal.kernel.lengthscale == spec.terminal.kernel.lengthscale
+
+
+def test_linked_sweep_axis_sets_its_paths_together():
+    spec = load_spec(EXAMPLE).model_copy(update={"sweep": {}})
+    data = spec.to_dict()
+    data["sweep"] = {"terminal.features, instrumental.features": [[["agent_x"], ["agent_x"]],
+                                                                  [["coin_dx"], ["agent_x", "coin_dx"]]],
+                     "planner.depth": [2, 3]}
+    linked = type(spec).from_dict(data)
+    points = list(linked.sweep_points())
+    assert len(points) == 4 and all(set(p) == {"terminal.features", "instrumental.features", "planner.depth"}
+                                    for p in points)
+    resolved = {(tuple(r.terminal.features), tuple(r.instrumental.features), r.planner.depth)
+                for _, r, _ in linked.expand()}
+    assert resolved == {(("agent_x",), ("agent_x",), 2), (("agent_x",), ("agent_x",), 3),
+                        (("coin_dx",), ("agent_x", "coin_dx"), 2), (("coin_dx",), ("agent_x", "coin_dx"), 3)}
+    assert type(spec).from_toml(linked.to_toml()).sweep == linked.sweep  # round trip
 
 
 def test_override_parsing():

@@ -63,8 +63,18 @@ def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, flo
 
 
 def _label(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-2] + '.' if k.count('.') else ''}{k.split('.')[-1]}={v}"
-                     for k, v in overrides.items()) or "base"
+    """Short label of a sweep point: the last two parts of each path; paths that end
+    alike and share a value are merged (``terminal+instrumental.features=['dx']``)."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for k, v in overrides.items():
+        parts = k.split(".")
+        merged.setdefault((parts[-1], repr(v) if not isinstance(v, str) else v), []).append(
+            parts[-2] if len(parts) > 1 else "")
+    items = []
+    for (leaf, value), owners in merged.items():
+        prefix = "+".join(o for o in owners if o)
+        items.append(f"{prefix + '.' if prefix else ''}{leaf}={value}")
+    return ", ".join(items) or "base"
 
 
 def _terminal_loo(run_dir: Path) -> float:

@@ -5,7 +5,7 @@ Importing this package registers the suite with gymnasium::
     import gymnasium
     import priorguard.envs
 
-    env = gymnasium.make("priorguard/CoinShift-v0", split="deploy")
+    env = gymnasium.make("priorguard/CoinShift-v1", split="deploy")
 
 Every environment's observation is a flat float32 vector of named features
 (``feature_names``, ``feature_ranges``); ground truth is in ``info``
@@ -15,7 +15,7 @@ Every environment's observation is a flat float32 vector of named features
 
 The suite (see docs/environments.md):
 
-- ``priorguard/CoinShift-v0``: coin at the end (train) or anywhere (deploy).
+- ``priorguard/CoinShift-v1``: coin at the end (train) or anywhere (deploy).
 - ``priorguard/Vault-v0``: a thief and a camera that can be covered (deploy).
 - ``priorguard/Assistant-v0``: requests judged by actions vs by outcomes.
 - ``priorguard/LavaShift-v0``: the door in a lava wall moves (deploy).

@@ -40,7 +40,7 @@ class EnvInfo:
     """Static description of a registered environment, available without stepping it.
 
     Attributes:
-        env_id: Registered gymnasium id, e.g. ``"priorguard/CoinShift-v0"``.
+        env_id: Registered gymnasium id, e.g. ``"priorguard/CoinShift-v1"``.
         feature_names: Names of the observation columns, in order.
         feature_ranges: ``{name: (low, high)}``; the observation Box bounds.
         action_kind: ``"discrete"`` or ``"continuous"``.

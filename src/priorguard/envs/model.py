@@ -30,7 +30,7 @@ class EnvModel(eqx.Module):
     Example:
         >>> import jax
         >>> from priorguard.envs import jax_model
-        >>> model = jax_model("priorguard/CoinShift-v0", "train")
+        >>> model = jax_model("priorguard/CoinShift-v1", "train")
         >>> state = model.reset(jax.random.key(0))
         >>> next_state = jax.jit(model.step)(state, 2, jax.random.key(1))
         >>> model.observe(next_state).shape

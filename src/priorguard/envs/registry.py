@@ -65,12 +65,12 @@ def list_envs() -> list[str]:
     """Return the ids of the suite, in the order of the docs.
 
     Returns:
-        e.g. ``["priorguard/CoinShift-v0", "priorguard/Vault-v0", ...]``.
+        e.g. ``["priorguard/CoinShift-v1", "priorguard/Vault-v0", ...]``.
 
     Example:
         >>> from priorguard.envs import list_envs
         >>> list_envs()[0]
-        'priorguard/CoinShift-v0'
+        'priorguard/CoinShift-v1'
     """
     return list(_ENTRIES)
 
@@ -125,7 +125,7 @@ def env_info(env_id: str, **env_kwargs: Any) -> EnvInfo:
 
     Example:
         >>> from priorguard.envs import env_info
-        >>> info = env_info("priorguard/CoinShift-v0")
+        >>> info = env_info("priorguard/CoinShift-v1")
         >>> info.feature_names, info.num_actions, info.horizon
         (('agent_x', 'coin_x', 'coin_dx', 'at_end'), 3, 30)
     """
@@ -180,7 +180,7 @@ def reference_policies(env_id: str, **env_kwargs: Any) -> dict[str, Policy]:
     Example:
         >>> import numpy as np
         >>> from priorguard.envs import reference_policies
-        >>> policies = reference_policies("priorguard/CoinShift-v0")
+        >>> policies = reference_policies("priorguard/CoinShift-v1")
         >>> policies["oracle"](np.array([2.0, 5.0, 3.0, 0.0]), np.random.default_rng(0))
         2
     """

@@ -349,11 +349,20 @@ class Runner:
             return veto_lib.make_veto_rule(kappa=self.spec.planner.lcb_kappa)[0], None
         cal_stds = None
         if v.epistemic_std == "auto":
-            # Calibrate on (held-out train state, action proposed by A): the pairs the
-            # planner scores in distribution, so the false-veto guarantee is about them.
+            # Calibrate on the (held-out train state, candidate action) pairs the planner
+            # checks in distribution, so the false-veto rate is about them: one action
+            # proposed by A per state, or, for MCTS (which checks every action at the
+            # root), every action at each state (scores of one state are then dependent,
+            # so the rate holds marginally rather than exactly).
             obs = jnp.asarray(cal.obs, jnp.float64)
-            cal_stds = veto_lib.calibration_scores(models, key, obs, discount=self.discount,
-                                                   proposal=proposal, proposal_params=params)
+            if self.spec.planner.kind == "mcts" and self.discrete:
+                na = self.info.num_actions
+                cal_stds = veto_lib.calibration_scores(models, key, jnp.repeat(obs, na, axis=0),
+                                                       discount=self.discount,
+                                                       actions=jnp.tile(jnp.arange(na), obs.shape[0]))
+            else:
+                cal_stds = veto_lib.calibration_scores(models, key, obs, discount=self.discount,
+                                                       proposal=proposal, proposal_params=params)
         rule, threshold = veto_lib.make_veto_rule(
             epistemic_std=v.epistemic_std, value_drop=v.value_drop, kappa=self.spec.planner.lcb_kappa,
             alpha=v.alpha, calibration_stds=cal_stds)
@@ -394,6 +403,8 @@ class Runner:
         """Random-state audit of A alone and of the planner through W, and adversarial search."""
         from priorguard.envs import jax_model
         from priorguard.planners.audit import (
+            ConstantAction,
+            ProposalProbs,
             adversarial_search,
             planner_policy,
             proposal_policy,
@@ -401,10 +412,7 @@ class Runner:
         )
 
         a = self.spec.audit
-        env = jax_model(self.spec.env, "deploy")
-
-        def sampler(k):
-            return env.observe(env.sample_state(k)).astype(jnp.float64)
+        sampler = ObservedStateSampler(jax_model(self.spec.env, "deploy"))
 
         k_alone, k_plan, k_adv = jax.random.split(key, 3)
         out: dict[str, Any] = {}
@@ -426,10 +434,9 @@ class Runner:
         out["audit_worst_states"] = report.worst_states.tolist()
         if a.adversarial_restarts > 0:
             if self.discrete and hasattr(proposal, "probs"):
-                policy_fn = lambda obs: proposal.probs(params, obs)  # noqa: E731
+                policy_fn: Any = ProposalProbs(proposal, params)
             else:
-                mid = 0.5 * (models.action_low + models.action_high)
-                policy_fn = lambda obs: jnp.broadcast_to(mid, (obs.shape[0], mid.shape[0]))  # noqa: E731
+                policy_fn = ConstantAction(0.5 * (models.action_low + models.action_high))
             low = jnp.asarray([r[0] for r in self.ranges], jnp.float64)
             high = jnp.asarray([r[1] for r in self.ranges], jnp.float64)
             adv = adversarial_search(models, k_adv, policy_fn=policy_fn, state_low=low, state_high=high,
@@ -540,6 +547,19 @@ def _act_alone(proposal: Any, params: Any, key: Any, obs: Any) -> tuple[Any, Any
     a = proposal.sample(params, key, obs, 1)[:, 0]
     cands = a[:, None]
     return a, cands, jnp.zeros(cands.shape[:2], bool), jnp.zeros(obs.shape[0], bool)
+
+
+class ObservedStateSampler(eqx.Module):
+    """``key -> obs[F]``: the observation of a random state of an environment model (float64).
+
+    A module, not a closure, so the jitted audit that takes it compiles once per
+    environment and shapes.
+    """
+
+    env: Any
+
+    def __call__(self, key: Any) -> Any:
+        return self.env.observe(self.env.sample_state(key)).astype(jnp.float64)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -148,6 +148,7 @@ def prepare_data(
     feature_ranges: Any = None,
     standardize: bool = True,
     output_names: Sequence[str] | None = None,
+    prior_mean: float | None = None,
 ) -> Prepared:
     """Validates data and applies the unit-cube and standardising transforms.
 
@@ -160,6 +161,10 @@ def prepare_data(
             None uses the training minimum and maximum.
         standardize: standardise targets per output.
         output_names: names of the ``O`` outputs (default ``y0 ...``).
+        prior_mean: a fixed prior mean in the targets' units: targets are then
+            centred on it (not on their average) and scaled by their root mean
+            square about it, so a zero-mean GP in model units reverts to
+            ``prior_mean`` away from the data.
     """
     x = np.asarray(data.x, dtype=np.float64)
     y = np.asarray(data.y, dtype=np.float64)
@@ -197,7 +202,11 @@ def prepare_data(
     if not np.all(high > low):
         raise ValueError(f"feature_ranges need high > low; got low={low.tolist()}, high={high.tolist()}")
     scale = high - low
-    if standardize:
+    if prior_mean is not None:
+        y_mean = np.full(y.shape[1], float(prior_mean))
+        y_scale = np.sqrt(np.mean((y - y_mean) ** 2, axis=0)) if standardize else np.ones(y.shape[1])
+        y_scale = np.where(y_scale > 0, y_scale, 1.0)
+    elif standardize:
         y_mean = y.mean(axis=0)
         y_scale = y.std(axis=0)
         y_scale = np.where(y_scale > 0, y_scale, 1.0)
@@ -932,6 +941,7 @@ def fit_exact_gp(
     use_prior: bool = True,
     max_predictive_samples: int = 100,
     init: Mapping[str, Any] | None = None,
+    prior_mean: float | None = None,
 ) -> GPPosterior:
     """Fits an exact GP from spec objects (the lower-level path of :func:`fit_gp`).
 
@@ -950,13 +960,14 @@ def fit_exact_gp(
             same unconstrained coordinates, no Jacobian); MAP only.
         max_predictive_samples: NUTS draws kept (evenly thinned) for prediction.
         init: MAP starting point ``{site: [O, ...]}`` in unconstrained space.
+        prior_mean: a fixed prior mean in the targets' units (see :func:`prepare_data`).
 
     Returns:
         A :class:`GPPosterior`.
     """
     inference = inference if inference is not None else MapInference(method="map")
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
-                        standardize=standardize, output_names=output_names)
+                        standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     program = backend.compile_program(_as_kernel(kernel), noise=noise, mean=mean,
                                       feature_names=prep.feature_names, site_prefix=site_prefix)
     if isinstance(inference, NutsInference):
@@ -1128,21 +1139,24 @@ def fit_gp(
     """
     if isinstance(spec, Mapping):
         spec = GPModel.model_validate({"model": "gp", **spec})
+    fixed = not isinstance(spec.mean, str)  # a number: a fixed prior mean in the targets' units
+    mean = "zero" if fixed else spec.mean
     common = dict(feature_names=feature_names, features=spec.features, feature_ranges=feature_ranges,
-                  standardize=standardize, site_prefix=site_prefix, output_names=output_names)
+                  standardize=standardize, site_prefix=site_prefix, output_names=output_names,
+                  prior_mean=float(spec.mean) if fixed else None)
     if isinstance(spec.kernel, StructureSearch):
         from priorguard.models.structure_search import fit_structure_search
 
-        return fit_structure_search(spec.kernel, data, key=key, noise=spec.noise, mean=spec.mean,
+        return fit_structure_search(spec.kernel, data, key=key, noise=spec.noise, mean=mean,
                                     inference=spec.inference, sparse=spec.sparse, **common)
     if spec.sparse is not None:
         if isinstance(spec.inference, NutsInference):
             raise ValueError("a sparse GP fits its hyperparameters by MAP (variational); set inference.method = 'map'")
         from priorguard.models.sparse_gp import fit_sparse_gp
 
-        return fit_sparse_gp(spec.kernel, data, key=key, noise=spec.noise, mean=spec.mean, sparse=spec.sparse,
+        return fit_sparse_gp(spec.kernel, data, key=key, noise=spec.noise, mean=mean, sparse=spec.sparse,
                              **common)
-    return fit_exact_gp(spec.kernel, data, key=key, noise=spec.noise, mean=spec.mean, inference=spec.inference,
+    return fit_exact_gp(spec.kernel, data, key=key, noise=spec.noise, mean=mean, inference=spec.inference,
                         **common)
 
 

@@ -397,6 +397,7 @@ def fit_sparse_gp(
     site_prefix: str = "terminal",
     output_names: Sequence[str] | None = None,
     init: str = "subset",
+    prior_mean: float | None = None,
 ) -> SparseGPPosterior:
     """Fits a sparse variational GP (see the module docstring).
 
@@ -406,7 +407,7 @@ def fit_sparse_gp(
         key: consumed (inducing-point choice, starting point, minibatches).
         sparse: inducing points ``M``, batch size ``B``, Adam ``steps`` and learning rate.
         noise, mean, feature_names, features, feature_ranges, standardize,
-            site_prefix, output_names: as in :func:`~priorguard.models.gp.fit_exact_gp`.
+            site_prefix, output_names, prior_mean: as in :func:`~priorguard.models.gp.fit_exact_gp`.
         init: where hyperparameters start: ``"subset"`` (the MAP of an exact GP
             on :data:`SUBSET_INIT` random points, 60 L-BFGS steps) or
             ``"prior"`` (the prior median).
@@ -416,7 +417,7 @@ def fit_sparse_gp(
     """
     sparse = sparse if sparse is not None else SparseSpec()
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
-                        standardize=standardize, output_names=output_names)
+                        standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     program = backend.compile_program(_as_kernel(kernel), noise=noise, mean=mean,
                                       feature_names=prep.feature_names, site_prefix=site_prefix)
     o, n = prep.num_outputs, prep.n

@@ -270,6 +270,7 @@ def fit_structure_search(
     site_prefix: str = "terminal",
     output_names: Sequence[str] | None = None,
     min_mass: float = 1e-3,
+    prior_mean: float | None = None,
 ) -> StructurePosterior:
     """Fits every structure of ``search`` and weighs them by evidence x simplicity prior.
 
@@ -279,7 +280,7 @@ def fit_structure_search(
         data: ``x [N, D]``, ``y [N, O]`` (raw units).
         key: consumed (one subkey per structure).
         noise, mean, feature_names, features, feature_ranges, standardize,
-            site_prefix, output_names: as in :func:`~priorguard.models.gp.fit_exact_gp`.
+            site_prefix, output_names, prior_mean: as in :func:`~priorguard.models.gp.fit_exact_gp`.
         inference: MAP settings per structure (NUTS is not supported here).
         sparse: must be None (exact GPs only).
         min_mass: posterior mass a structure needs to enter the model average.
@@ -294,7 +295,7 @@ def fit_structure_search(
         raise ValueError("a kernel structure search runs on exact GPs; remove `sparse` or fix the kernel")
     inference = inference if inference is not None else MapInference(method="map")
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
-                        standardize=standardize, output_names=output_names)
+                        standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     candidates = structure_prior(search, len(prep.feature_names))
     keys = jax.random.split(key, len(candidates))
     rows = []

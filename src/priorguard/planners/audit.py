@@ -29,6 +29,9 @@ __all__ = [
     "AdversarialResult",
     "AuditReport",
     "AuditRollouts",
+    "ConstantAction",
+    "ProposalPolicy",
+    "ProposalProbs",
     "adversarial_search",
     "audit_rollouts",
     "clopper_pearson_upper",
@@ -41,6 +44,39 @@ __all__ = [
 Policy = Callable[[PRNGKeyArray, Float[Array, "N Ds"]], Array]
 
 
+class ProposalPolicy(eqx.Module):
+    """The policy "act with one draw from A": ``(key, obs[N, Ds]) -> [N]`` actions.
+
+    A module (its parameters are array leaves), so jitted audits that take it as
+    an argument compile once per proposal structure and shapes, not per run.
+    """
+
+    proposal: Any
+    params: Any
+
+    def __call__(self, key: PRNGKeyArray, obs: Array) -> Array:
+        return self.proposal.sample(self.params, key, obs, 1)[:, 0]
+
+
+class ProposalProbs(eqx.Module):
+    """A's action probabilities ``obs[R, Ds] -> [R, A]`` (differentiable in obs), as a module."""
+
+    proposal: Any
+    params: Any
+
+    def __call__(self, obs: Array) -> Array:
+        return self.proposal.probs(self.params, obs)
+
+
+class ConstantAction(eqx.Module):
+    """A fixed continuous action for every state: ``obs[R, Ds] -> [R, Da]``."""
+
+    action: Float[Array, " Da"]
+
+    def __call__(self, obs: Array) -> Array:
+        return jnp.broadcast_to(self.action, (obs.shape[0], self.action.shape[0]))
+
+
 def proposal_policy(proposal: Any, params: Any) -> Policy:
     """The policy "act with one draw from A": ``(key, obs[N, Ds]) -> [N]`` actions.
 
@@ -49,13 +85,9 @@ def proposal_policy(proposal: Any, params: Any) -> Policy:
         params: its parameters.
 
     Returns:
-        A policy function.
+        A :class:`ProposalPolicy`.
     """
-
-    def policy(key: PRNGKeyArray, obs: Array) -> Array:
-        return proposal.sample(params, key, obs, 1)[:, 0]
-
-    return policy
+    return ProposalPolicy(proposal, params)
 
 
 def planner_policy(plan_fn: Callable[[PRNGKeyArray, Array], Any]) -> Policy:
@@ -392,8 +424,16 @@ def adversarial_search(
     Returns:
         An :class:`AdversarialResult`, ranked from the lowest objective.
     """
-    low = jnp.asarray(state_low)
-    high = jnp.asarray(state_high)
+    return _adversarial_run(models, key, policy_fn, jnp.asarray(state_low), jnp.asarray(state_high), true_value,
+                            num_restarts, num_steps, learning_rate, kappa, discount)
+
+
+@eqx.filter_jit
+def _adversarial_run(models: PlanningModels, key: PRNGKeyArray, policy_fn: Callable[[Array], Array], low: Array,
+                     high: Array, true_value: Callable[[Array], Array] | None, num_restarts: int, num_steps: int,
+                     learning_rate: float, kappa: float, discount: float) -> AdversarialResult:
+    """The search of :func:`adversarial_search`, jitted at module level with everything as arguments
+    (pass modules, not fresh closures, as ``policy_fn`` to reuse the compiled program)."""
     optimizer = optax.adam(learning_rate)
 
     def objective_terms(obs: Array) -> tuple[Array, Array, Array]:
@@ -405,36 +445,32 @@ def adversarial_search(
     def loss(obs: Array) -> Array:
         return jnp.sum(objective_terms(obs)[0])
 
-    @jax.jit
-    def run(models: PlanningModels, key: PRNGKeyArray) -> AdversarialResult:
-        start = jax.random.uniform(key, (num_restarts,) + low.shape, dtype=low.dtype, minval=low, maxval=high)
+    start = jax.random.uniform(key, (num_restarts,) + low.shape, dtype=low.dtype, minval=low, maxval=high)
 
-        def step(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], None]:
-            obs, opt_state, best_obs, best_value = carry
-            grads = jax.grad(loss)(obs)
-            updates, opt_state = optimizer.update(grads, opt_state, obs)
-            obs = jnp.clip(optax.apply_updates(obs, updates), low, high)
-            value = objective_terms(obs)[0]
-            better = value < best_value
-            best_obs = jnp.where(better[:, None], obs, best_obs)
-            best_value = jnp.where(better, value, best_value)
-            return (obs, opt_state, best_obs, best_value), None
+    def step(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], None]:
+        obs, opt_state, best_obs, best_value = carry
+        grads = jax.grad(loss)(obs)
+        updates, opt_state = optimizer.update(grads, opt_state, obs)
+        obs = jnp.clip(optax.apply_updates(obs, updates), low, high)
+        value = objective_terms(obs)[0]
+        better = value < best_value
+        best_obs = jnp.where(better[:, None], obs, best_obs)
+        best_value = jnp.where(better, value, best_value)
+        return (obs, opt_state, best_obs, best_value), None
 
-        init = (start, optimizer.init(start), start, objective_terms(start)[0])
-        (_, _, best_obs, _), _ = jax.lax.scan(step, init, None, length=num_steps)
-        objective, mean, std = objective_terms(best_obs)
-        objective = eqx.error_if(
-            objective, ~jnp.all(jnp.isfinite(objective)), "adversarial_search: non-finite objective"
-        )
-        order = jnp.argsort(objective)
-        states = best_obs[order]
-        return AdversarialResult(
-            states=states,
-            objective=objective[order],
-            predicted_mean=mean[order],
-            predicted_std=std[order],
-            true_values=None if true_value is None else true_value(states),
-            initial_states=start[order],
-        )
-
-    return run(models, key)
+    init = (start, optimizer.init(start), start, objective_terms(start)[0])
+    (_, _, best_obs, _), _ = jax.lax.scan(step, init, None, length=num_steps)
+    objective, mean, std = objective_terms(best_obs)
+    objective = eqx.error_if(
+        objective, ~jnp.all(jnp.isfinite(objective)), "adversarial_search: non-finite objective"
+    )
+    order = jnp.argsort(objective)
+    states = best_obs[order]
+    return AdversarialResult(
+        states=states,
+        objective=objective[order],
+        predicted_mean=mean[order],
+        predicted_std=std[order],
+        true_values=None if true_value is None else true_value(states),
+        initial_states=start[order],
+    )

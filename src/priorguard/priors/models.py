@@ -163,7 +163,11 @@ class GPModel(_ModelBase):
 
     model: Literal["gp"]
     kernel: KernelOrSearch = Field(default_factory=lambda: StationaryKernel(kind="rbf"))
-    mean: Literal["zero", "constant"] = "zero"
+    #: ``"zero"``: zero on standardised targets (the GP reverts to the training
+    #: targets' average away from data); ``"constant"``: a learned constant; a
+    #: number: a fixed prior mean in the targets' units (e.g. ``0.0``: unseen
+    #: states are worth nothing until data says otherwise).
+    mean: Literal["zero", "constant"] | Annotated[float, Field(allow_inf_nan=False)] = "zero"
     inference: Annotated[
         Union[Annotated[MapInference, Tag("inference:map")], Annotated[NutsInference, Tag("inference:nuts")]],
         Discriminator(

@@ -7,7 +7,7 @@ closest name for unknown keys, distributions and kernels.
 Example:
     >>> spec = ExperimentSpec.from_toml('''
     ... name = "tiny"
-    ... env = "priorguard/CoinShift-v0"
+    ... env = "priorguard/CoinShift-v1"
     ... [terminal]
     ... model = "gp"
     ... [world]
@@ -180,7 +180,10 @@ class ExperimentSpec(_Strict):
     instrumental: InstrumentalSpec | None = None
     planner: PlannerSpec = Field(default_factory=PlannerSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
-    #: Dotted field path -> list of values; the grid of these times ``seeds``.
+    #: Dotted field path -> list of values; the grid of these times ``seeds``. A key of
+    #: several comma-separated paths is one linked axis: each of its values is a list
+    #: with one value per path, set together (``"terminal.features, instrumental.features"
+    #: = [[["x"], ["x"]], [["dx"], ["dx"]]]``).
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -203,6 +206,14 @@ class ExperimentSpec(_Strict):
         for key, values in v.items():
             if not values:
                 raise _fail("empty", f"{key!r} needs at least one value")
+            paths = sweep_axis_paths(key)
+            if len(paths) > 1:
+                if len(set(paths)) != len(paths) or not all(paths):
+                    raise _fail("linked_axis", f"{key!r}: a linked axis needs distinct, non-empty paths")
+                for i, value in enumerate(values):
+                    if not isinstance(value, list) or len(value) != len(paths):
+                        raise _fail("linked_axis", f"{key!r}[{i}]: a linked axis of {len(paths)} paths needs a"
+                                    f" list of {len(paths)} values (one per path), got {value!r}")
         return v
 
     @model_validator(mode="after")
@@ -309,17 +320,18 @@ class ExperimentSpec(_Strict):
         """Every sweep path exists and every value (and the grid, when small) validates."""
         issues: list[SpecIssue] = []
         base = self.model_copy(update={"sweep": {}})
-        for path, values in self.sweep.items():
-            problem = check_path(base, path)
-            if problem:
-                issues.append(SpecIssue(f'sweep."{path}"', problem))
+        for key, values in self.sweep.items():
+            paths = sweep_axis_paths(key)
+            problems = [p for p in (check_path(base, path) for path in paths) if p]
+            if problems:
+                issues.extend(SpecIssue(f'sweep."{key}"', problem) for problem in problems)
                 continue
             for i, value in enumerate(values):
                 try:
-                    base.with_overrides({path: value})
+                    base.with_overrides(_axis_overrides(key, value))
                 except SpecError as err:
                     for issue in err.issues:
-                        issues.append(SpecIssue(f'sweep."{path}"[{i}]', f"{value!r} is invalid here: {issue}"))
+                        issues.append(SpecIssue(f'sweep."{key}"[{i}]', f"{value!r} is invalid here: {issue}"))
         if not issues and self.sweep and math.prod(len(v) for v in self.sweep.values()) <= 64:
             for point in self.sweep_points():
                 try:
@@ -334,7 +346,10 @@ class ExperimentSpec(_Strict):
         """Each point of the sweep grid as a dict of overrides (one empty point without a sweep)."""
         keys = list(self.sweep)
         for combo in itertools.product(*(self.sweep[k] for k in keys)):
-            yield dict(zip(keys, combo))
+            point: dict[str, Any] = {}
+            for key, value in zip(keys, combo):
+                point.update(_axis_overrides(key, value))
+            yield point
 
     def expand(self) -> list[tuple[dict[str, Any], ExperimentSpec, int]]:
         """Every (overrides, resolved spec without sweep, seed) of the sweep grid x seeds."""
@@ -389,6 +404,16 @@ def _split_path(path: str) -> list[str | int]:
         parts.append(m.group(1))
         parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
     return parts
+
+
+def sweep_axis_paths(key: str) -> list[str]:
+    """The field paths of a sweep key: one, or several (comma-separated) for a linked axis."""
+    return [part.strip() for part in key.split(",")]
+
+
+def _axis_overrides(key: str, value: Any) -> dict[str, Any]:
+    paths = sweep_axis_paths(key)
+    return {paths[0]: value} if len(paths) == 1 else dict(zip(paths, value))
 
 
 def check_path(spec: BaseModel, path: str) -> str | None:
