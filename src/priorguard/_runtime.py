@@ -7,6 +7,25 @@ from pathlib import Path
 
 _DONE = False
 
+#: PYTHONHASHSEED of every process that runs experiments. Some libraries build
+#: programs by iterating over sets of site names (numpyro's ELBO does), so with
+#: Python's per-process string hashing the same model lowers to a different
+#: program in each process: the persistent compilation cache never hits and
+#: sums are taken in a different order. A fixed seed makes both repeatable.
+HASH_SEED = "0"
+
+
+def fix_hash_seed_for_children() -> None:
+    """Sets ``PYTHONHASHSEED`` (when unset) for processes started from here on (sweep workers, Ray)."""
+    os.environ.setdefault("PYTHONHASHSEED", HASH_SEED)
+
+
+def hash_seed_is_fixed() -> bool:
+    """Whether this interpreter started with a fixed ``PYTHONHASHSEED``."""
+    import sys
+
+    return sys.flags.hash_randomization == 0 or os.environ.get("PYTHONHASHSEED", "random") != "random"
+
 
 def configure(*, host_devices: int | None = None, cache_dir: str | Path | None = None) -> None:
     """Sets float64, the host device count and the persistent compilation cache.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -371,5 +372,23 @@ def main() -> None:
             sys.exit(done.exit_code)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``priorguard`` command: :func:`main` in an interpreter with a fixed ``PYTHONHASHSEED``.
+
+    Without one, programs built by iterating over sets lower differently in each
+    process (see :data:`priorguard._runtime.HASH_SEED`), so compiled programs
+    would never be reused across runs; the command re-executes itself once.
+    """
+    from priorguard._runtime import HASH_SEED, hash_seed_is_fixed
+
+    if not hash_seed_is_fixed():
+        os.environ["PYTHONHASHSEED"] = HASH_SEED
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "priorguard.cli", *sys.argv[1:]])
+        except OSError:
+            pass  # cannot re-execute: run on, without cross-process program reuse
     main()
+
+
+if __name__ == "__main__":
+    entry()

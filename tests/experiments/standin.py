@@ -19,3 +19,15 @@ def run(task):
         (folder / "series.json").write_text(json.dumps(list(range(2000))))
         write_json(folder / "metrics.json", metrics)
     return metrics
+
+
+def hash_flags(task):
+    """Reports whether this worker's string hashing is fixed (no files: nothing to write)."""
+    import sys
+
+    metrics = {"seed": task.seed, "hash_randomization": sys.flags.hash_randomization,
+               "hash_seed": os.environ.get("PYTHONHASHSEED")}
+    store = ResultStore(task.store_root)
+    with store.writing(task.run_id) as folder:
+        write_json(folder / "metrics.json", metrics)
+    return metrics

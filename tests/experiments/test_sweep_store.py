@@ -115,3 +115,53 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         assert (folder / "spec.toml").read_text().startswith('name = "standin"')
         assert metrics["seed"] == int((folder / "spec.toml").read_text().split("i = ")[1])
     assert list(store.tmp_dir.iterdir()) == []
+
+
+HASH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {here!r})
+    from test_sweep_store import make_tasks
+    from priorguard.experiments.store import ResultStore
+    from priorguard.experiments.sweep import run_sweep
+    store = ResultStore({root!r})
+    run_sweep(make_tasks({root!r}, 2), store, workers=2, run_fn="standin:hash_flags")
+    print(json.dumps([r.metrics for r in store.records()]))
+""")
+
+
+def test_sweep_workers_hash_strings_the_same_way(tmp_path):
+    """Workers start with a fixed PYTHONHASHSEED even when the parent's hashing is random, so programs
+    built by iterating over sets lower identically in every worker (and the compilation cache hits)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    here = str(Path(__file__).resolve().parent)
+    r = subprocess.run([sys.executable, "-c", HASH_SCRIPT.format(here=here, root=str(tmp_path / "s"))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(metrics) == 2
+    assert all(m["hash_randomization"] == 0 and m["hash_seed"] == "0" for m in metrics)
+
+
+def test_cli_entry_reexecutes_with_a_fixed_hash_seed(monkeypatch):
+    import priorguard.cli as cli
+
+    calls = []
+
+    def fake_execv(path, args):
+        calls.append((path, list(args), os.environ.get("PYTHONHASHSEED")))
+        raise SystemExit(0)
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    import priorguard._runtime as runtime
+
+    # this test process hashes with whatever seed pytest got: decide by the variable alone
+    monkeypatch.setattr(runtime, "hash_seed_is_fixed", lambda: "PYTHONHASHSEED" in os.environ)
+    monkeypatch.setattr(os, "execv", fake_execv)
+    monkeypatch.setattr(sys, "argv", ["priorguard", "list", "experiments"])
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert calls == [(sys.executable, [sys.executable, "-m", "priorguard.cli", "list", "experiments"], "0")]
+    # with the seed fixed, it runs in place
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main"))
+    cli.entry()
+    assert calls[-1] == "main"

@@ -186,6 +186,9 @@ def run_sweep(
 
 
 def _run_pool(tasks, store, workers, run_fn, emit, finish) -> None:
+    from priorguard._runtime import fix_hash_seed_for_children
+
+    fix_hash_seed_for_children()  # workers lower identical programs: the persistent cache hits across them
     pending = list(tasks)
     while pending:
         ctx = get_context("spawn")  # never fork a process that has started JAX
@@ -265,7 +268,11 @@ def _local_ray_environment(ray: Any) -> Iterator[None]:
 
 def _init_ray(ray: Any, address: str | None, workers: int) -> None:
     """Connects to the cluster at ``address``, or starts a local Ray with ``workers`` CPUs."""
-    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    from priorguard._runtime import HASH_SEED, fix_hash_seed_for_children
+
+    fix_hash_seed_for_children()  # a local Ray's workers inherit it
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+              "runtime_env": {"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", HASH_SEED)}}}
     try:
         if address:
             ray.init(address=address, **common)
