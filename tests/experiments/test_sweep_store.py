@@ -4,6 +4,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -165,3 +166,21 @@ def test_cli_entry_reexecutes_with_a_fixed_hash_seed(monkeypatch):
     monkeypatch.setattr(cli, "main", lambda: calls.append("main"))
     cli.entry()
     assert calls[-1] == "main"
+
+
+def test_index_times_exclude_queueing_and_reconcile_matches_a_normal_finish(tmp_path):
+    # 4 tasks of 0.5 s on 2 workers: all are queued at once, and the pool's workers take seconds to
+    # start, but the index records each run's own time
+    store = ResultStore(tmp_path / "s")
+    run_sweep(make_tasks(store.root, 4, sleep=0.5), store, workers=2, run_fn=RUN_FN)
+    records = store.records()
+    assert all(0.5 <= r.seconds < 1.5 for r in records), [r.seconds for r in records]
+    # forget the index's view of one run: reconcile reads its folder back to the same metrics
+    first = records[0]
+    with sqlite3.connect(store.root / "index.sqlite") as db:
+        db.execute("UPDATE runs SET status='running', metrics=NULL WHERE run_id=?", (first.run_id,))
+    store.reconcile()
+    again = {r.run_id: r for r in store.records()}[first.run_id]
+    # the index keeps what the run measured; the folder's copy also names the run (overrides, ...)
+    assert again.status == "done"
+    assert again.metrics == {k: v for k, v in first.metrics.items() if k != "overrides"}

@@ -120,3 +120,17 @@ def test_repeated_inputs_collapse_to_the_same_draws():
     np.testing.assert_allclose(draws(xq), reference, rtol=1e-9, atol=1e-9)
     # the draw function is a value: equal for two fits of the same model
     assert draws.apply_fn == post.sample_functions(jax.random.key(4), 2).apply_fn
+
+
+def test_draws_of_models_over_different_features_share_compiled_code():
+    """Feature names do not enter a draw's apply function: a sweep over features reuses planners."""
+    rng = np.random.default_rng(3)
+    x = rng.random((20, 1))
+    kernel = parse_kernel({"kind": "rbf", "lengthscale": 0.3, "variance": 1.0})
+    fns = []
+    for name in ("agent_x", "coin_dx"):
+        post = condition_gp(kernel, as_data(x, np.sin(5 * x[:, 0])), noise=0.1, feature_names=[name],
+                            feature_ranges=[(0.0, 1.0)])
+        assert post.prep.feature_names == (name,)
+        fns.append(post.sample_functions(jax.random.key(0), 2, num_features=16).apply_fn)
+    assert fns[0] == fns[1] and hash(fns[0]) == hash(fns[1])

@@ -169,3 +169,27 @@ def test_planning_models_validate_at_the_boundary():
     with pytest.raises(ValueError, match="fallback_action"):
         plan_one_step(MODELS, UniformProposal(NUM_ACTIONS), None, jax.random.key(0), OBS, num_candidates=2,
                       fallback_action=NUM_ACTIONS)
+
+
+TRACED = []
+
+
+@eqx.filter_jit
+def _terminal_values(models, obs):
+    TRACED.append(1)  # runs only while tracing
+    return models.terminal_value_all_worlds(obs)
+
+
+def test_models_reading_other_columns_reuse_the_compiled_planner():
+    obs = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])
+    values = []
+    for column in (0, 1):
+        models = PlanningModels(world=linear_draws(np.zeros((2, 4, 2))), terminal=linear_draws(np.ones((2, 1, 1))),
+                                terminal_columns=(column,), num_actions=2)
+        values.append(np.asarray(_terminal_values(models, obs)))
+    assert len(TRACED) == 1
+    np.testing.assert_allclose(values[0][0], [1.0, 3.0])
+    np.testing.assert_allclose(values[1][0], [2.0, 4.0])
+    with pytest.raises(ValueError, match="column indices >= 0"):
+        PlanningModels(world=linear_draws(np.zeros((2, 4, 2))), terminal=linear_draws(np.ones((2, 1, 1))),
+                       terminal_columns=(-1,), num_actions=2)

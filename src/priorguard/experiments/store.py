@@ -137,6 +137,7 @@ class ResultStore:
                 shutil.rmtree(tmp)
             else:
                 os.rename(tmp, final)
+                _fsync_dir(final.parent)  # the rename itself survives a crash
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -157,15 +158,20 @@ class ResultStore:
             db.execute("UPDATE runs SET status='running', started=?, error=NULL WHERE run_id=?",
                        (time.time(), run_id))
 
-    def mark_done(self, run_id: str, metrics: Mapping[str, Any]) -> None:
+    def mark_done(self, run_id: str, metrics: Mapping[str, Any], *, started: float | None = None,
+                  finished: float | None = None) -> None:
+        """Marks a run done; ``started``/``finished`` (the worker's clock) replace the queue-time start."""
         with self._db() as db:
-            db.execute("UPDATE runs SET status='done', metrics=?, finished=?, error=NULL WHERE run_id=?",
-                       (json.dumps(dict(metrics), sort_keys=True, default=_json_default), time.time(), run_id))
+            db.execute("UPDATE runs SET status='done', metrics=?, finished=?, started=COALESCE(?, started),"
+                       " error=NULL WHERE run_id=?",
+                       (json.dumps(dict(metrics), sort_keys=True, default=_json_default), finished or time.time(),
+                        started, run_id))
 
-    def mark_failed(self, run_id: str, error: str) -> None:
+    def mark_failed(self, run_id: str, error: str, *, started: float | None = None,
+                    finished: float | None = None) -> None:
         with self._db() as db:
-            db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE run_id=?",
-                       (error, time.time(), run_id))
+            db.execute("UPDATE runs SET status='failed', error=?, finished=?, started=COALESCE(?, started)"
+                       " WHERE run_id=?", (error, finished or time.time(), started, run_id))
 
     def reconcile(self) -> None:
         """Brings the index in line with the folders after an interruption.
@@ -182,7 +188,8 @@ class ResultStore:
             done = self.is_done(run_id)
             if done and status != "done":
                 metrics = json.loads((self.run_dir(run_id) / "metrics.json").read_text())
-                self.mark_done(run_id, metrics)
+                # the index holds the run's metrics; the folder's copy also names the run
+                self.mark_done(run_id, {k: v for k, v in metrics.items() if k not in _FOLDER_ONLY_KEYS})
             elif not done and status in ("done", "running"):
                 with self._db() as db:
                     db.execute("UPDATE runs SET status='pending' WHERE run_id=?", (run_id,))
@@ -207,6 +214,23 @@ class ResultStore:
                       r[7], r[8], r[9])
             for r in rows
         ]
+
+
+#: Keys of a run folder's metrics.json that describe the run rather than measure it.
+_FOLDER_ONLY_KEYS = ("overrides", "experiment", "env")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory
+    finally:
+        os.close(fd)
 
 
 def _json_default(obj: Any) -> Any:

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +58,9 @@ class TaskOutcome:
     ok: bool
     metrics: dict[str, Any] | None = None
     error: str | None = None
+    #: wall-clock (``time.time()``) start and end of the run in its worker (queue time excluded)
+    started: float | None = None
+    finished: float | None = None
 
 
 def tasks_for(spec: Any, store_root: str | Path, *, options: dict[str, Any] | None = None) -> list[RunTask]:
@@ -110,12 +114,14 @@ def _worker_init(counter: Any = None, workers: int = 1) -> None:
 
 def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
     """Runs one task in this process, catching its failure into the outcome."""
+    started = time.time()
     try:
         metrics = _resolve(run_fn)(task)
-        return TaskOutcome(task.run_id, True, metrics=metrics)
+        return TaskOutcome(task.run_id, True, metrics=metrics, started=started, finished=time.time())
     except Exception as exc:  # one failed run never stops the others
         tb = traceback.format_exception(exc)
-        return TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}")
+        return TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}",
+                           started=started, finished=time.time())
 
 
 Event = Literal["skip", "start", "done", "failed"]
@@ -167,10 +173,11 @@ def run_sweep(
     def finish(task: RunTask, outcome: TaskOutcome) -> None:
         outcomes[task.run_id] = outcome
         if outcome.ok:
-            store.mark_done(task.run_id, outcome.metrics or {})
+            store.mark_done(task.run_id, outcome.metrics or {}, started=outcome.started, finished=outcome.finished)
             emit("done", task, outcome)
         else:
-            store.mark_failed(task.run_id, outcome.error or "unknown error")
+            store.mark_failed(task.run_id, outcome.error or "unknown error", started=outcome.started,
+                              finished=outcome.finished)
             emit("failed", task, outcome)
 
     if backend == "ray":

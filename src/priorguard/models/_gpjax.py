@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import jax
@@ -163,6 +163,21 @@ class GPProgram:
     @property
     def input_dim(self) -> int:
         return len(self.feature_names)
+
+    def anonymous(self) -> GPProgram:
+        """The same program with its features unnamed (``x0, x1, ...``).
+
+        Names matter for reports and error messages, not for computation: GP
+        draws key their compiled code on this, so models over different
+        features of the same shape (a sweep over features) share it.
+        """
+        def leaf(tree: KernelTree) -> KernelTree:
+            if isinstance(tree, KernelLeaf):
+                return replace(tree, hypers=tuple(replace(h, dim_names=()) for h in tree.hypers))
+            return replace(tree, terms=tuple(leaf(t) for t in tree.terms))
+
+        return replace(self, kernel=leaf(self.kernel),
+                       feature_names=tuple(f"x{i}" for i in range(len(self.feature_names))))
 
     @property
     def hypers(self) -> tuple[Hyper, ...]:

@@ -814,7 +814,7 @@ class GPPosterior(eqx.Module):
         params = _exact_draw_params(st, key, n, num_features, batch)
         x_basis, params["v"] = collapse_duplicate_inputs(np.asarray(st.x), params["v"])
         params["basis"] = basis_params(n, jnp.asarray(x_basis), st.low, st.scale, st.y_mean, st.y_scale)
-        return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program, num_features, st.columns))
+        return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program.anonymous(), num_features, st.columns))
 
     def to_datatree(self) -> Any:
         """ArviZ ``xarray.DataTree``; see :func:`exact_datatree`."""

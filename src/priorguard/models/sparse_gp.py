@@ -351,7 +351,7 @@ class SparseGPPosterior(eqx.Module):
         st = self.state
         params = _sparse_draw_params(st, key, n, num_features)
         params["basis"] = basis_params(n, st.z, st.low, st.scale, st.y_mean, st.y_scale)
-        return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program, num_features, st.columns))
+        return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program.anonymous(), num_features, st.columns))
 
     def map_hyperparameters(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.state.theta.items()}

@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import mctx
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from priorguard.models.base import FunctionDraws
@@ -41,8 +42,19 @@ __all__ = [
 ]
 
 
-def _take_columns(obs: Array, columns: tuple[int, ...]) -> Array:
-    return obs[..., jnp.asarray(columns, dtype=jnp.int32)]
+def _take_columns(obs: Array, columns: Int[Array, " C"]) -> Array:
+    return obs[..., columns]
+
+
+def _column_indices(columns: Any) -> Any:
+    """Column indices as an int32 array: an array leaf, so models that read different
+    columns (a sweep over features) share one compiled planner."""
+    if isinstance(columns, jax.Array) and not isinstance(columns, np.ndarray) and columns.dtype == jnp.int32:
+        return columns
+    values = np.asarray(columns if len(columns) else np.zeros(0, np.int64))
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer) or np.any(values < 0):
+        raise ValueError("terminal_columns and instrumental_columns must be tuples of column indices >= 0")
+    return jnp.asarray(values, dtype=jnp.int32)
 
 
 def _gather_draw(draws: FunctionDraws, world_index: Int[Array, " N"], x: Float[Array, "N D"]) -> Array:
@@ -74,10 +86,11 @@ class PlanningModels(eqx.Module):
     Attributes:
         world: W, draws over ``concat(obs[Ds], encode(a)[Da])`` -> delta ``[Ds]``.
         terminal: T, draws over ``obs[..., terminal_columns]`` -> ``[1]``.
-        terminal_columns: observation columns T reads (static).
+        terminal_columns: observation columns T reads (given as a tuple; held as an
+            int32 array, so models reading other columns reuse compiled planners).
         instrumental: I, draws over ``obs[..., instrumental_columns]`` -> ``[1]``,
             or None (then I = 0).
-        instrumental_columns: observation columns I reads (static).
+        instrumental_columns: observation columns I reads (as ``terminal_columns``).
         num_actions: A for discrete actions, else None (static).
         action_low: ``[Da]`` lower action bounds (continuous), else None.
         action_high: ``[Da]`` upper action bounds (continuous), else None.
@@ -96,9 +109,9 @@ class PlanningModels(eqx.Module):
 
     world: FunctionDraws
     terminal: FunctionDraws
-    terminal_columns: tuple[int, ...] = eqx.field(static=True)
+    terminal_columns: Int[Array, " Ct"] = eqx.field(converter=_column_indices)
     instrumental: FunctionDraws | None = None
-    instrumental_columns: tuple[int, ...] = eqx.field(static=True, default=())
+    instrumental_columns: Int[Array, " Ci"] = eqx.field(converter=_column_indices, default=())
     num_actions: int | None = eqx.field(static=True, default=None)
     action_low: Float[Array, " Da"] | None = None
     action_high: Float[Array, " Da"] | None = None
@@ -115,11 +128,9 @@ class PlanningModels(eqx.Module):
             raise ValueError("continuous actions need both action_low and action_high")
         if discrete and int(self.num_actions) < 1:
             raise ValueError(f"num_actions must be >= 1, got {self.num_actions}")
-        if not self.terminal_columns:
+        if self.terminal_columns.size == 0:
             raise ValueError("terminal_columns must name at least one observation column")
-        if not all(isinstance(c, int) and c >= 0 for c in self.terminal_columns + self.instrumental_columns):
-            raise ValueError("terminal_columns and instrumental_columns must be tuples of column indices >= 0")
-        if self.instrumental is not None and not self.instrumental_columns:
+        if self.instrumental is not None and self.instrumental_columns.size == 0:
             raise ValueError("instrumental_columns must be given with an instrumental model")
         counts = {"world": self.world.num_draws, "terminal": self.terminal.num_draws}
         if self.instrumental is not None:
