@@ -385,8 +385,9 @@ def entry() -> None:
         os.environ["PYTHONHASHSEED"] = HASH_SEED
         try:
             os.execv(sys.executable, [sys.executable, "-m", "priorguard.cli", *sys.argv[1:]])
-        except OSError:
-            pass  # cannot re-execute: run on, without cross-process program reuse
+        except OSError as exc:  # run on in this process: only cross-process program reuse is lost
+            err.print(f"[yellow]warning[/]: could not restart with PYTHONHASHSEED={HASH_SEED} ({exc.strerror});"
+                      " compiled programs will not be reused across runs. Set PYTHONHASHSEED=0 to avoid this.")
     main()
 
 
