@@ -207,6 +207,23 @@ def test_second_fit_with_same_shapes_does_not_recompile():
         assert TRACE_COUNTS[name] == before[name], name
 
 
+def test_fits_over_differently_named_features_share_compiled_code():
+    """A sweep over T's features (same shapes, other names) traces the fit programs once."""
+    kernel = parse_kernel({"kind": "rbf"})
+    x = RNG.random((30, 1))
+    fit = dict(inference=MapInference(method="map", steps=30), feature_ranges=[(0.0, 1.0)])
+    first = fit_exact_gp(kernel, as_data(x, np.sin(4 * x[:, 0])), key=jax.random.key(0),
+                         feature_names=["sweep_a"], **fit)
+    first.predict(jnp.asarray(x[:4]))
+    before = dict(TRACE_COUNTS)
+    second = fit_exact_gp(kernel, as_data(x, np.cos(3 * x[:, 0])), key=jax.random.key(1),
+                          feature_names=["sweep_b"], **fit)
+    second.predict(jnp.asarray(x[:4]))
+    assert second.prep.feature_names == ("sweep_b",)
+    for name in ("gp/map_objective", "gp/condition"):
+        assert TRACE_COUNTS[name] == before[name], name
+
+
 def test_near_duplicate_inputs_get_jitter_not_nan():
     x = 0.5 + 1e-6 * np.arange(40)[:, None]
     y = np.sin(x[:, 0]) + 1e-3 * RNG.standard_normal(40)

@@ -380,7 +380,8 @@ class MapObjective:
 
 def map_objective(program: GPProgram, num_outputs: int, *, use_prior: bool = True,
                   analytic: bool = True) -> MapObjective:
-    """The cached :class:`MapObjective` of a program."""
+    """The cached :class:`MapObjective` of a program (shared by programs that differ only in feature names)."""
+    program = program.anonymous()
     return cached_program(("gp/map_objective", program, num_outputs, use_prior, analytic),
                           lambda: MapObjective(program, num_outputs, use_prior=use_prior, analytic=analytic))
 
@@ -462,6 +463,8 @@ def fit_map(program: GPProgram, prep: Prepared, inference: MapInference, *, key:
 
 
 def _conditioner(program: GPProgram) -> Any:
+    program = program.anonymous()  # feature names do not change the computation
+
     def build() -> Any:
         def one(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array, Array]:
             count_trace("gp/condition")
@@ -876,6 +879,7 @@ def _exact_loo(state: ExactGPState) -> Array:
 
 def _loo_from_theta(program: GPProgram) -> Any:
     """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept)."""
+    program = program.anonymous()  # feature names do not change the computation
 
     def build() -> Any:
         def one(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array]:
@@ -1055,10 +1059,11 @@ def condition_gp(
 
 def _fit_nuts(program: GPProgram, prep: Prepared, inference: NutsInference, *, key: PRNGKeyArray,
               max_predictive_samples: int) -> GPPosterior:
+    anonymous = program.anonymous()  # feature names do not change the sampler
     runner = cached_program(
-        ("gp/nuts", program, inference.warmup, inference.samples, inference.chains, inference.target_accept,
+        ("gp/nuts", anonymous, inference.warmup, inference.samples, inference.chains, inference.target_accept,
          inference.max_tree_depth),
-        lambda: NutsProgram(functools.partial(gp_model, program), warmup=inference.warmup,
+        lambda: NutsProgram(functools.partial(gp_model, anonymous), warmup=inference.warmup,
                             samples=inference.samples, chains=inference.chains,
                             target_accept=inference.target_accept, max_tree_depth=inference.max_tree_depth,
                             name="gp/nuts"),

@@ -228,6 +228,8 @@ def _chunked(a: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _optimal_q(program: GPProgram) -> Any:
+    program = program.anonymous()  # feature names do not change the computation
+
     def build() -> Any:
         def run(theta: Any, z: Array, x: Array, y: Array, mask: Array) -> Any:
             count_trace("gp/svgp_optimal_q")
@@ -423,8 +425,9 @@ def fit_sparse_gp(
     o, n = prep.num_outputs, prep.n
     m = min(sparse.inducing, n)
     spec = sparse.model_copy(update={"inducing": m, "batch_size": min(sparse.batch_size, n)})
-    trainer = cached_program(("gp/svgp", program, o, spec.batch_size, spec.steps, spec.learning_rate),
-                             lambda: SvgpTrainer(program, o, spec))
+    anonymous = program.anonymous()  # feature names do not change the computation
+    trainer = cached_program(("gp/svgp", anonymous, o, spec.batch_size, spec.steps, spec.learning_rate),
+                             lambda: SvgpTrainer(anonymous, o, spec))
     k_z, k_init, k_train = jax.random.split(key, 3)
     pick = np.asarray(jax.random.choice(k_z, n, (m,), replace=False))
     z0 = np.broadcast_to(prep.x[pick], (o, m, prep.x.shape[1])).copy()
