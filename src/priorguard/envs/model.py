@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from priorguard._checks import fail_if
 from priorguard.envs.base import Dynamics
 
 __all__ = ["EnvModel"]
@@ -107,7 +108,7 @@ class EnvModel(eqx.Module):
             action = jnp.asarray(action)
             if action.shape != ():
                 raise ValueError(f"action must be a scalar for {dyn.env_id}; got shape {action.shape}")
-            action = eqx.error_if(
+            action = fail_if(
                 action,
                 (action < 0) | (action >= dyn.num_actions),
                 f"action out of range [0, {dyn.num_actions}) for {dyn.env_id}",

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from priorguard._checks import checked_jit
 from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
 from priorguard.envs import env_info, reference_policies
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
@@ -516,7 +517,7 @@ class Runner:
         return m
 
 
-@eqx.filter_jit
+@checked_jit
 def _act_one_step(models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any, obs: Any, fb: Any,
                   num_candidates: int, discount: float, replace: bool) -> tuple[Any, Any, Any, Any]:
     out = plan_one_step(models, proposal, params, key, obs, num_candidates=num_candidates, fallback_action=fb,
@@ -524,7 +525,7 @@ def _act_one_step(models: PlanningModels, proposal: Any, params: Any, rule: Any,
     return out.action, out.candidate_actions, out.veto_mask, out.used_fallback
 
 
-@eqx.filter_jit
+@checked_jit
 def _act_mcts(models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any, obs: Any, fallback: int,
               simulations: int, policy: str, discount: float, depth: int, considered: int) -> tuple[Any, Any, Any, Any]:
     out = plan_mcts(models, proposal, params, key, obs, num_simulations=simulations, fallback_action=fallback,
@@ -534,7 +535,7 @@ def _act_mcts(models: PlanningModels, proposal: Any, params: Any, rule: Any, key
     return out.action, cands, out.veto_mask, out.used_fallback
 
 
-@eqx.filter_jit
+@checked_jit
 def _act_cem(models: PlanningModels, rule: Any, key: Any, obs: Any, fb: Any, horizon: int, population: int,
              elites: int, iterations: int, discount: float) -> tuple[Any, Any, Any, Any]:
     out = plan_cem(models, key, obs, horizon=horizon, fallback_action=fb, veto=rule, num_samples=population,

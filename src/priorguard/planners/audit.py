@@ -23,6 +23,7 @@ import optax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from scipy import stats as scipy_stats
 
+from priorguard._checks import checked_jit, fail_if
 from priorguard.planners.base import PlanningModels, world_std
 
 __all__ = [
@@ -428,7 +429,7 @@ def adversarial_search(
                             num_restarts, num_steps, learning_rate, kappa, discount)
 
 
-@eqx.filter_jit
+@checked_jit
 def _adversarial_run(models: PlanningModels, key: PRNGKeyArray, policy_fn: Callable[[Array], Array], low: Array,
                      high: Array, true_value: Callable[[Array], Array] | None, num_restarts: int, num_steps: int,
                      learning_rate: float, kappa: float, discount: float) -> AdversarialResult:
@@ -461,9 +462,7 @@ def _adversarial_run(models: PlanningModels, key: PRNGKeyArray, policy_fn: Calla
     init = (start, optimizer.init(start), start, objective_terms(start)[0])
     (_, _, best_obs, _), _ = jax.lax.scan(step, init, None, length=num_steps)
     objective, mean, std = objective_terms(best_obs)
-    objective = eqx.error_if(
-        objective, ~jnp.all(jnp.isfinite(objective)), "adversarial_search: non-finite objective"
-    )
+    objective = fail_if(objective, ~jnp.all(jnp.isfinite(objective)), "adversarial_search: non-finite objective")
     order = jnp.argsort(objective)
     states = best_obs[order]
     return AdversarialResult(

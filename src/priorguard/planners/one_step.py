@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from priorguard._checks import fail_if
 from priorguard.planners.base import ActionStats, PlanningModels, PlanOutput, action_stats
 from priorguard.planners.veto import VetoRule, apply_rule, fallback_where, select_action
 
@@ -47,12 +47,9 @@ def check_fallback_action(models: PlanningModels, fallback_action: Any) -> None:
 
 
 def checked_stats(stats: ActionStats) -> ActionStats:
-    """Fails loudly inside jit (``eqx.error_if``) when a predicted value is not finite."""
+    """Fails loudly inside jit (:func:`priorguard._checks.fail_if`) when a predicted value is not finite."""
     bad = ~(jnp.all(jnp.isfinite(stats.world_values)) & jnp.all(jnp.isfinite(stats.current_value)))
-    checked = eqx.error_if(
-        stats, bad, "planner: non-finite predicted value (check the W, T and I draws at these states)"
-    )
-    return checked
+    return fail_if(stats, bad, "planner: non-finite predicted value (check the W, T and I draws at these states)")
 
 
 def plan_one_step(
