@@ -162,7 +162,7 @@ class _CountingProposal(FixedProposal):
 
 def test_audits_of_a_new_run_reuse_the_compiled_programs():
     """Fresh policy/sampler modules with new parameters (a new run) compile nothing new."""
-    from priorguard.experiments.runner import ObservedStateSampler
+    from priorguard.planners.audit import ObservedStateSampler
     from priorguard.envs import jax_model
     from priorguard.planners import ProposalProbs
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from priorguard._checks import checked_jit
+from priorguard._shapes import shape_bucket
 from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
 from priorguard.envs import env_info, reference_policies
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
@@ -120,11 +121,7 @@ def fit_size(n: int, cap: int) -> int:
     Seeds of one experiment then fit models of the same shapes and share the
     compiled programs (in a sweep worker, and through the persistent cache).
     """
-    m = min(n, cap)
-    if m < 64:
-        return m
-    step = 2 ** (m.bit_length() - 4)
-    return (m // step) * step
+    return shape_bucket(min(n, cap), direction="down")
 
 
 def _subsample(n: int, cap: int, key: Any) -> np.ndarray:
@@ -405,6 +402,7 @@ class Runner:
         from priorguard.envs import jax_model
         from priorguard.planners.audit import (
             ConstantAction,
+            ObservedStateSampler,
             ProposalProbs,
             adversarial_search,
             planner_policy,
@@ -548,19 +546,6 @@ def _act_alone(proposal: Any, params: Any, key: Any, obs: Any) -> tuple[Any, Any
     a = proposal.sample(params, key, obs, 1)[:, 0]
     cands = a[:, None]
     return a, cands, jnp.zeros(cands.shape[:2], bool), jnp.zeros(obs.shape[0], bool)
-
-
-class ObservedStateSampler(eqx.Module):
-    """``key -> obs[F]``: the observation of a random state of an environment model (float64).
-
-    A module, not a closure, so the jitted audit that takes it compiles once per
-    environment and shapes.
-    """
-
-    env: Any
-
-    def __call__(self, key: Any) -> Any:
-        return self.env.observe(self.env.sample_state(key)).astype(jnp.float64)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -65,6 +65,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from priorguard._shapes import shape_bucket
 from priorguard.models import _gpjax as backend
 from priorguard.models._gpjax import GPNumericalError, GPProgram
 from priorguard.models._numpyro_util import (
@@ -674,17 +675,6 @@ def basis_params(n: int, x_fit: Array, low: Array, scale: Array, y_mean: Array, 
     return {k: jnp.broadcast_to(jnp.asarray(v), (n, *jnp.shape(v))) for k, v in leaves.items()}
 
 
-def _shape_bucket(u: int) -> int:
-    """Smallest ``2^k`` or ``1.5 * 2^k`` that is ``>= u`` (few distinct compiled shapes)."""
-    b = 1
-    while True:
-        if b >= u:
-            return b
-        if b >= 2 and (3 * b) // 2 >= u:
-            return (3 * b) // 2
-        b *= 2
-
-
 def collapse_duplicate_inputs(x: np.ndarray, v: Array) -> tuple[np.ndarray, Array]:
     """Merges repeated training inputs of the update term ``k(x, X) v`` (exactly).
 
@@ -705,7 +695,7 @@ def collapse_duplicate_inputs(x: np.ndarray, v: Array) -> tuple[np.ndarray, Arra
     """
     uniq, inverse = np.unique(x, axis=0, return_inverse=True)
     u = uniq.shape[0]
-    size = _shape_bucket(u)
+    size = shape_bucket(u, direction="up", per_octave=2, exact_below=0)
     if size > 0.75 * x.shape[0]:
         return x, v
     inverse = jnp.asarray(inverse.reshape(-1))

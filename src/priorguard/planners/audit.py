@@ -31,6 +31,7 @@ __all__ = [
     "AuditReport",
     "AuditRollouts",
     "ConstantAction",
+    "ObservedStateSampler",
     "ProposalPolicy",
     "ProposalProbs",
     "adversarial_search",
@@ -76,6 +77,20 @@ class ConstantAction(eqx.Module):
 
     def __call__(self, obs: Array) -> Array:
         return jnp.broadcast_to(self.action, (obs.shape[0], self.action.shape[0]))
+
+
+class ObservedStateSampler(eqx.Module):
+    """``key -> obs[F]``: the observation of a random state of an environment model (float64).
+
+    A module, not a closure, so the jitted audit that takes it compiles once per
+    environment and shapes. ``env`` is any model with ``sample_state(key)`` and
+    ``observe(state)`` (e.g. :func:`priorguard.envs.jax_model`).
+    """
+
+    env: Any
+
+    def __call__(self, key: PRNGKeyArray) -> Array:
+        return self.env.observe(self.env.sample_state(key)).astype(jnp.float64)
 
 
 def proposal_policy(proposal: Any, params: Any) -> Policy:

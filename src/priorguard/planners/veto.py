@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from priorguard._shapes import shape_bucket
 from priorguard.planners.base import ActionStats, PlanningModels, action_stats
 
 __all__ = [
@@ -284,7 +285,7 @@ def calibration_scores(
     # Pad N up to a shape bucket (8 per octave) so calibration sets of nearby sizes
     # share one compiled program; the padded rows are dropped.
     n = obs.shape[0]
-    size = n if n <= 64 else -(-n // 2 ** (n.bit_length() - 4)) * 2 ** (n.bit_length() - 4)
+    size = shape_bucket(n, direction="up")
     rows = jnp.arange(size) % n
     padded = None if actions is None else jnp.asarray(actions)[rows]
     return _calibration_scores(models, key, jnp.asarray(obs)[rows], discount, padded, proposal, proposal_params)[:n]
