@@ -31,3 +31,17 @@ def hash_flags(task):
     with store.writing(task.run_id) as folder:
         write_json(folder / "metrics.json", metrics)
     return metrics
+
+
+def blas_threads(task):
+    """Reports this worker's CPUs and the thread counts of the BLAS libraries it loaded."""
+    import numpy  # noqa: F401  (loads OpenBLAS, as a real run does)
+    import threadpoolctl
+
+    metrics = {"seed": task.seed, "cpus": len(os.sched_getaffinity(0)),
+               "blas_threads": [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                                if p["user_api"] == "blas"]}
+    store = ResultStore(task.store_root)
+    with store.writing(task.run_id) as folder:
+        write_json(folder / "metrics.json", metrics)
+    return metrics

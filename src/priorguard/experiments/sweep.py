@@ -103,10 +103,7 @@ def _worker_init(counter: Any = None, workers: int = 1) -> None:
             counter.value += 1
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) >= workers:
-            group = cpus[index % workers::workers]
-            os.sched_setaffinity(0, group)
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ.setdefault(var, str(len(group)))
+            os.sched_setaffinity(0, cpus[index % workers::workers])
     from priorguard._runtime import configure
 
     configure()
@@ -196,7 +193,36 @@ def _run_pool(tasks, store, workers, run_fn, emit, finish) -> None:
     from priorguard._runtime import fix_hash_seed_for_children
 
     fix_hash_seed_for_children()  # workers lower identical programs: the persistent cache hits across them
-    pending = list(tasks)
+    with _blas_threads_for_children(workers):
+        _pool_loop(list(tasks), workers, run_fn, emit, finish, store)
+
+
+#: Thread-count variables of the BLAS / OpenMP libraries a worker may load (numpy's OpenBLAS among them).
+_BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def _blas_threads_for_children(workers: int) -> Iterator[None]:
+    """Sizes the BLAS thread pools of pool workers to their share of the CPUs.
+
+    The libraries read these variables when they load, which in a spawned
+    worker is while it imports its task's code, before the pool initializer
+    pins it; so they are set here, in the environment the workers start
+    with (and restored afterwards). Variables the user set are left alone.
+    """
+    share = max(1, len(os.sched_getaffinity(0)) // max(workers, 1)) if hasattr(os, "sched_getaffinity") else 1
+    saved = {var: os.environ.get(var) for var in _BLAS_THREAD_VARS}
+    for var in _BLAS_THREAD_VARS:
+        os.environ.setdefault(var, str(share))
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+
+
+def _pool_loop(pending, workers, run_fn, emit, finish, store) -> None:
     while pending:
         ctx = get_context("spawn")  # never fork a process that has started JAX
         counter = ctx.Value("i", 0)
