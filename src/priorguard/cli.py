@@ -262,8 +262,8 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
                       progress: bool) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from priorguard.experiments.store import ResultStore
-    from priorguard.experiments.sweep import run_sweep, tasks_for
+    from priorguard.experiments.store import ResultStore, StoreBusyError
+    from priorguard.experiments.sweep import BackendError, run_sweep, tasks_for
 
     tasks = tasks_for(loaded, out_dir)
     store = ResultStore(out_dir)
@@ -289,39 +289,16 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
                 bar.console.print(f"[red]failed[/] {label}: {first}", highlight=False)
                 bar.advance(overall)
 
-        if progress and workers == 1 and backend == "local" and len(tasks) == 1:
-            # a single run in this process: show its steps on the bar
-            from priorguard.experiments import runner
-
-            task = tasks[0]
-            store.reconcile()
-            store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed,
-                           overrides=task.overrides)
-            if store.is_done(task.run_id):
-                on_event("skip", task, None)
+        try:
+            if progress and workers == 1 and backend == "local" and len(tasks) == 1:
+                # a single run in this process: show its steps on the bar
+                with store.exclusive():
+                    _run_here(loaded, tasks[0], store, on_event,
+                              lambda step: bar.update(overall, description=f"{loaded.name}: {step}"))
             else:
-                store.mark_running(task.run_id)
-                try:
-                    spec_one = loaded.model_copy(update={"sweep": {}})
-                    artifacts = runner.run_experiment(
-                        spec_one, task.seed,
-                        progress=lambda step: bar.update(overall, description=f"{loaded.name}: {step}"))
-                    with store.writing(task.run_id) as folder:
-                        runner.write_run(folder, spec_one, task.seed, task.overrides, artifacts)
-                    store.mark_done(task.run_id, artifacts.metrics)
-                    on_event("done", task, None)
-                except Exception as exc:  # reported, recorded, non-zero exit
-                    from priorguard.experiments.sweep import TaskOutcome
-
-                    store.mark_failed(task.run_id, f"{type(exc).__name__}: {exc}")
-                    on_event("failed", task, TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}"))
-        else:
-            from priorguard.experiments.sweep import BackendError
-
-            try:
                 run_sweep(tasks, store, workers=workers, backend=backend, address=address, on_event=on_event)
-            except BackendError as e:
-                _fail(escape(str(e)))
+        except (BackendError, StoreBusyError) as e:
+            _fail(escape(str(e)))
     ids = {t.run_id for t in tasks}
     rows = []
     for rec in store.records(experiment=loaded.name):
@@ -333,6 +310,29 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
     if failures:
         err.print(f"[red]{failures} run(s) failed[/]; see `priorguard runs {out_dir} --status failed`")
         raise typer.Exit(1)
+
+
+def _run_here(loaded, task, store, on_event, progress) -> None:
+    """One run in this process (its steps reported through ``progress``), recorded in the store."""
+    from priorguard.experiments import runner
+    from priorguard.experiments.sweep import TaskOutcome
+
+    store.reconcile()
+    store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed, overrides=task.overrides)
+    if store.is_done(task.run_id):
+        on_event("skip", task, None)
+        return
+    store.mark_running(task.run_id)
+    try:
+        spec_one = loaded.model_copy(update={"sweep": {}})
+        artifacts = runner.run_experiment(spec_one, task.seed, progress=progress)
+        with store.writing(task.run_id) as folder:
+            runner.write_run(folder, spec_one, task.seed, task.overrides, artifacts)
+        store.mark_done(task.run_id, artifacts.metrics)
+        on_event("done", task, None)
+    except Exception as exc:  # reported, recorded, non-zero exit
+        store.mark_failed(task.run_id, f"{type(exc).__name__}: {exc}")
+        on_event("failed", task, TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}"))
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from priorguard.experiments.store import ResultStore, run_id_for
+from priorguard.experiments.store import ResultStore, StoreBusyError, run_id_for
 from priorguard.experiments.sweep import RunTask, run_sweep
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +51,34 @@ def test_failed_write_leaves_nothing(tmp_path):
             raise ValueError("boom")
     assert not store.run_dir("r1").exists()
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_second_sweep_on_a_held_store_is_refused_and_touches_nothing(tmp_path):
+    store = ResultStore(tmp_path / "s")
+    tasks = make_tasks(store.root, 2)
+    with store.exclusive():
+        # another sweep's half-written run: reconcile would have removed it
+        (store.tmp_dir / "abc.12345678").mkdir()
+        other = ResultStore(tmp_path / "s")
+        with pytest.raises(StoreBusyError, match=rf"another sweep \(pid {os.getpid()}\)"):
+            run_sweep(tasks, other, workers=1, run_fn=RUN_FN)
+        assert (store.tmp_dir / "abc.12345678").is_dir()
+        assert store.records() == [] and not any(store.runs_dir.iterdir())
+    # released when the holder is done: the same sweep now runs (and cleans up)
+    assert len(run_sweep(tasks, store, workers=1, run_fn=RUN_FN)) == 2
+    assert not (store.tmp_dir / "abc.12345678").exists()
+    with store.exclusive():
+        pass  # and the sweep released it in turn
+
+
+def test_cli_sweep_on_a_held_store_exits_nonzero_without_a_traceback(tmp_path):
+    store = ResultStore(tmp_path / "s")
+    with store.exclusive():
+        r = subprocess.run([sys.executable, "-m", "priorguard.cli", "sweep", "coin-shift", "--out", str(store.root)],
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "another sweep" in r.stderr and "--out" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert store.records() == []
 
 
 def test_sweep_runs_each_once_reports_failures_and_resumes(tmp_path):

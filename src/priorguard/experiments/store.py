@@ -3,6 +3,7 @@
 Layout under the store root::
 
     index.sqlite            run id, experiment, seed, overrides, status, metrics, timings
+    .lock                   held by the one sweep writing to the store (see ResultStore.exclusive)
     runs/<run_id>/          spec.toml, metrics.json, *.nc (DataTrees), *.png, calibration.json
     tmp/                    runs being written (renamed into runs/ when complete)
 
@@ -14,6 +15,8 @@ duplicating a finished run. Results are data (TOML, JSON, netCDF, PNG): never pi
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +44,10 @@ CREATE TABLE IF NOT EXISTS runs (
     finished   REAL
 );
 """
+
+
+class StoreBusyError(RuntimeError):
+    """Another sweep holds the result store (:meth:`ResultStore.exclusive`)."""
 
 
 def run_id_for(spec_dict: Mapping[str, Any], seed: int, env_version: int | str) -> str:
@@ -141,6 +148,41 @@ class ResultStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds the store for one sweep: a second sweep on the same store raises :class:`StoreBusyError`.
+
+        Two sweeps on one store would each clear the other's half-written runs
+        (:meth:`reconcile`) and race on the index. The lock is an advisory
+        ``flock`` on ``.lock`` in the store, released when the sweep ends or
+        its process dies; the pid of its holder is written there. On a file
+        system without locks the sweep runs unlocked.
+        """
+        path = self.root / ".lock"
+        with open(path, "a+") as fh:
+            locked = True
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    fh.seek(0)
+                    holder = fh.read().strip() or "unknown"
+                    raise StoreBusyError(
+                        f"another sweep (pid {holder}) is writing to the result store {self.root}; "
+                        "wait for it to finish, or give this one another --out folder"
+                    ) from None
+                locked = False  # no locks on this file system (some network file systems)
+            try:
+                if locked:
+                    fh.seek(0)
+                    fh.truncate()
+                    fh.write(str(os.getpid()))
+                    fh.flush()
+                yield
+            finally:
+                if locked:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # --- index -----------------------------------------------------------------
 

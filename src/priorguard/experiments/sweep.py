@@ -152,8 +152,13 @@ def run_sweep(
 
     Raises:
         BackendError: the Ray backend without Ray installed, or a cluster that cannot be reached.
+        StoreBusyError: another sweep is writing to the store.
     """
-    emit = on_event or (lambda *a: None)
+    with store.exclusive():
+        return _run_sweep(tasks, store, workers, backend, address, run_fn, on_event or (lambda *a: None))
+
+
+def _run_sweep(tasks, store, workers, backend, address, run_fn, emit) -> dict[str, TaskOutcome]:
     store.reconcile()
     todo = []
     for task in tasks:
