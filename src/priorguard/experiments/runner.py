@@ -30,17 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from priorguard._checks import checked_jit
 from priorguard._shapes import shape_bucket
 from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
 from priorguard.envs import env_info, reference_policies
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs
 from priorguard.planners import veto as veto_lib
+from priorguard.experiments.drivers import Actor, alone_actor, driver_for
 from priorguard.planners.base import PlanningModels
-from priorguard.planners.cem import plan_cem
-from priorguard.planners.mcts import plan_mcts
-from priorguard.planners.one_step import plan_one_step
 from priorguard.planners.proposals import (
     BoxUniformProposal,
     FixedProposal,
@@ -177,6 +174,7 @@ class Runner:
         self.ranges = [self.info.feature_ranges[f] for f in self.features]
         self.discrete = self.info.action_kind == "discrete"
         self.discount = spec.instrumental.discount if spec.instrumental is not None else 0.95
+        self.driver = driver_for(spec.planner, self.info, self.discount)
         self.timings: dict[str, float] = {}
 
     # --- steps ----------------------------------------------------------------------
@@ -206,10 +204,10 @@ class Runner:
 
         self.progress("calibrate vetoes")
         rule, calibration = self.veto_rule(models, proposal, proposal_params, cal_data, keys["calib"])
-        act = self.make_actor(models, proposal, proposal_params, rule)
-        act_no_veto = self.make_actor(models, proposal, proposal_params, None if rule is None else
-                                      veto_lib.make_veto_rule(kappa=spec.planner.lcb_kappa)[0])
-        act_alone = self.make_alone(proposal, proposal_params)
+        act = self.driver.actor(models, proposal, proposal_params, rule)
+        act_no_veto = self.driver.actor(models, proposal, proposal_params, None if rule is None else
+                                        veto_lib.make_veto_rule(kappa=spec.planner.lcb_kappa)[0])
+        act_alone = alone_actor(proposal, proposal_params)
 
         self.progress("plan on deploy split")
         t0 = time.perf_counter()
@@ -347,20 +345,10 @@ class Runner:
             return veto_lib.make_veto_rule(kappa=self.spec.planner.lcb_kappa)[0], None
         cal_stds = None
         if v.epistemic_std == "auto":
-            # Calibrate on the (held-out train state, candidate action) pairs the planner
-            # checks in distribution, so the false-veto rate is about them: one action
-            # proposed by A per state, or, for MCTS (which checks every action at the
-            # root), every action at each state (scores of one state are then dependent,
-            # so the rate holds marginally rather than exactly).
-            obs = jnp.asarray(cal.obs, jnp.float64)
-            if self.spec.planner.kind == "mcts" and self.discrete:
-                na = self.info.num_actions
-                cal_stds = veto_lib.calibration_scores(models, key, jnp.repeat(obs, na, axis=0),
-                                                       discount=self.discount,
-                                                       actions=jnp.tile(jnp.arange(na), obs.shape[0]))
-            else:
-                cal_stds = veto_lib.calibration_scores(models, key, obs, discount=self.discount,
-                                                       proposal=proposal, proposal_params=params)
+            # Calibrate on the (held-out train state, action) pairs this planner checks in
+            # distribution, so the false-veto rate is about them (the driver knows which).
+            cal_stds = self.driver.calibration_scores(models, key, jnp.asarray(cal.obs, jnp.float64), proposal,
+                                                      params)
         rule, threshold = veto_lib.make_veto_rule(
             epistemic_std=v.epistemic_std, value_drop=v.value_drop, kappa=self.spec.planner.lcb_kappa,
             alpha=v.alpha, calibration_stds=cal_stds)
@@ -370,32 +358,6 @@ class Runner:
         elif isinstance(v.epistemic_std, float | int):
             record = {"threshold": float(v.epistemic_std), "alpha": None, "n": 0, "method": "fixed"}
         return rule, record
-
-    def make_actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Callable:
-        """The planner as an actor ``act(key, obs)``.
-
-        The models, proposal parameters and veto rule are passed to module-level
-        jitted functions as arguments (not closed over), so a later run with
-        the same shapes reuses the compiled planner (in this process, and from
-        the persistent compilation cache in a new one).
-        """
-        p = self.spec.planner
-        fallback = p.veto.fallback
-        if p.kind == "one_step":
-            fb = fallback if self.discrete else jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
-            replace = (not self.discrete) or p.proposals > self.info.num_actions
-            return lambda key, obs: _act_one_step(models, proposal, params, rule, key, obs, fb, p.proposals,
-                                                  self.discount, replace)
-        if p.kind == "mcts":
-            return lambda key, obs: _act_mcts(models, proposal, params, rule, key, obs, int(fallback), p.simulations,
-                                              p.policy, self.discount, p.depth,
-                                              min(p.proposals, self.info.num_actions))
-        fb = jnp.asarray(_fallback_vector(fallback, self.info), jnp.float64)
-        return lambda key, obs: _act_cem(models, rule, key, obs, fb, p.cem.horizon, p.cem.population, p.cem.elites,
-                                         p.cem.iterations, self.discount)
-
-    def make_alone(self, proposal: Any, params: Any) -> Callable:
-        return lambda key, obs: _act_alone(proposal, params, key, obs)
 
     def audit(self, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any) -> dict[str, Any]:
         """Random-state audit of A alone and of the planner through W, and adversarial search."""
@@ -419,15 +381,8 @@ class Runner:
                       confidence=a.level, num_worst=5)
         report = random_state_audit(models, k_alone, policy=proposal_policy(proposal, params), **common)
         out["audit_alone_rate"], out["audit_alone_upper"] = report.rate, report.upper_bound
-        if self.spec.planner.kind == "one_step":
-            p = self.spec.planner
-            fb = p.veto.fallback if self.discrete else jnp.asarray(_fallback_vector(p.veto.fallback, self.info))
-
-            def plan(k, obs):
-                return plan_one_step(models, proposal, params, k, obs, num_candidates=p.proposals,
-                                     fallback_action=fb, veto=rule, discount=self.discount,
-                                     replace=(not self.discrete) or p.proposals > self.info.num_actions)
-
+        plan = self.driver.audit_plan(models, proposal, params, rule)
+        if plan is not None:
             report = random_state_audit(models, k_plan, policy=planner_policy(plan), **common)
             out["audit_planner_rate"], out["audit_planner_upper"] = report.rate, report.upper_bound
         out["audit_worst_states"] = report.worst_states.tolist()
@@ -515,46 +470,8 @@ class Runner:
         return m
 
 
-@checked_jit
-def _act_one_step(models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any, obs: Any, fb: Any,
-                  num_candidates: int, discount: float, replace: bool) -> tuple[Any, Any, Any, Any]:
-    out = plan_one_step(models, proposal, params, key, obs, num_candidates=num_candidates, fallback_action=fb,
-                        veto=rule, discount=discount, replace=replace)
-    return out.action, out.candidate_actions, out.veto_mask, out.used_fallback
-
-
-@checked_jit
-def _act_mcts(models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any, obs: Any, fallback: int,
-              simulations: int, policy: str, discount: float, depth: int, considered: int) -> tuple[Any, Any, Any, Any]:
-    out = plan_mcts(models, proposal, params, key, obs, num_simulations=simulations, fallback_action=fallback,
-                    veto=rule, policy=policy, discount=discount, max_depth=depth,
-                    max_num_considered_actions=considered)
-    cands = jnp.broadcast_to(jnp.arange(models.num_actions), out.veto_mask.shape)
-    return out.action, cands, out.veto_mask, out.used_fallback
-
-
-@checked_jit
-def _act_cem(models: PlanningModels, rule: Any, key: Any, obs: Any, fb: Any, horizon: int, population: int,
-             elites: int, iterations: int, discount: float) -> tuple[Any, Any, Any, Any]:
-    out = plan_cem(models, key, obs, horizon=horizon, fallback_action=fb, veto=rule, num_samples=population,
-                   num_elites=elites, num_iterations=iterations, discount=discount)
-    return out.action, out.population[:, :, 0, :], out.veto_mask, out.used_fallback
-
-
-@eqx.filter_jit
-def _act_alone(proposal: Any, params: Any, key: Any, obs: Any) -> tuple[Any, Any, Any, Any]:
-    a = proposal.sample(params, key, obs, 1)[:, 0]
-    cands = a[:, None]
-    return a, cands, jnp.zeros(cands.shape[:2], bool), jnp.zeros(obs.shape[0], bool)
-
-
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
-
-
-def _fallback_vector(fallback: Any, info: Any) -> list[float]:
-    dim = len(info.action_low)
-    return [float(fallback)] * dim if isinstance(fallback, int) else list(fallback)
 
 
 def mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any, *, horizon: int,
@@ -588,7 +505,7 @@ def _mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, st
     return jnp.mean(jax.vmap(one)(worlds, jax.random.split(key, rollouts)), axis=0)
 
 
-def policy_actor(env_id: str, name: str, key: Any) -> Callable:
+def policy_actor(env_id: str, name: str, key: Any) -> Actor:
     """A reference policy as an actor over a batch of observations (numpy)."""
     policy = reference_policies(env_id)[name]
     rng = np.random.default_rng(_seed_ints(key, 1)[0])
@@ -602,7 +519,7 @@ def policy_actor(env_id: str, name: str, key: Any) -> Callable:
     return act
 
 
-def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Callable) -> dict[str, Any]:
+def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> dict[str, Any]:
     """Runs ``episodes`` episodes in lockstep with an actor, scoring with ground truth.
 
     The actor is called once per time step on the whole batch (finished episodes
