@@ -22,6 +22,7 @@ from priorguard.planners import (
     calibration_scores,
     chain,
     conformal_threshold,
+    disarmed,
     epistemic_std_veto,
     lower_confidence_bound,
     make_veto_rule,
@@ -132,6 +133,30 @@ def test_make_veto_rule_auto_returns_a_serialisable_record():
         make_veto_rule(epistemic_std="auto")
     with pytest.raises(ValueError):
         make_veto_rule(epistemic_std="sometimes")
+
+
+def test_disarmed_rule_vetoes_nothing_scores_the_same_and_reuses_the_program():
+    rule, _ = make_veto_rule(epistemic_std=0.5, value_drop=1.0, kappa=2.0)
+    off = disarmed(rule)
+    stats = _stats([[[9.0, 9.0], [0.0, 20.0], [-5.0, -5.0]]], [[0.0, 0.0]])
+    veto_on, score_on = apply_rule(rule, stats)
+    veto_off, score_off = apply_rule(off, stats)
+    assert veto_on.tolist() == [[False, True, True]]  # std 10 > 0.5; mean -5 < 0 - 1
+    assert veto_off.tolist() == [[False, False, False]]
+    np.testing.assert_array_equal(score_off, score_on)  # LCB kept: the ablation changes vetoes only
+    assert jax.tree_util.tree_structure(off) == jax.tree_util.tree_structure(rule)
+    traces = []
+
+    @jax.jit
+    def plan(r, s):
+        traces.append(1)
+        return apply_rule(r, s)
+
+    plan(rule, stats)
+    plan(off, stats)
+    assert len(traces) == 1  # same structure, shapes and dtypes: one program for both
+    with pytest.raises(TypeError, match="disarmed"):
+        disarmed(chain(mask_rule(lambda st: st.std > 0)))
 
 
 def test_conformal_threshold_is_the_finite_sample_quantile():

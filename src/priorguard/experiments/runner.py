@@ -205,8 +205,8 @@ class Runner:
         self.progress("calibrate vetoes")
         rule, calibration = self.veto_rule(models, proposal, proposal_params, cal_data, keys["calib"])
         act = self.driver.actor(models, proposal, proposal_params, rule)
-        act_no_veto = self.driver.actor(models, proposal, proposal_params, None if rule is None else
-                                        veto_lib.make_veto_rule(kappa=spec.planner.lcb_kappa)[0])
+        # The same rule with its vetoes off: same scoring, same program (no second compile).
+        act_no_veto = self.driver.actor(models, proposal, proposal_params, veto_lib.disarmed(rule))
         act_alone = alone_actor(proposal, proposal_params)
 
         self.progress("plan on deploy split")

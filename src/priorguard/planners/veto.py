@@ -48,6 +48,7 @@ __all__ = [
     "calibration_scores",
     "chain",
     "conformal_threshold",
+    "disarmed",
     "epistemic_std_veto",
     "identity",
     "lower_confidence_bound",
@@ -77,6 +78,11 @@ class VetoRule(eqx.Module):
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         """The updated ``[B, K]`` score."""
 
+    def disarmed(self) -> VetoRule:
+        """This rule with its vetoes switched off and its scoring kept (see :func:`disarmed`)."""
+        raise TypeError(f"{type(self).__name__} does not define disarmed(); write one that returns a rule of"
+                        " the same pytree structure that vetoes nothing")
+
 
 def _nothing_vetoed(stats: ActionStats) -> Bool[Array, "B K"]:
     return jnp.zeros(stats.mean.shape, dtype=bool)
@@ -98,6 +104,9 @@ class Chain(VetoRule):
             score = rule.score(stats, score)
         return score
 
+    def disarmed(self) -> VetoRule:
+        return Chain(rules=tuple(rule.disarmed() for rule in self.rules))
+
 
 class EpistemicStdVeto(VetoRule):
     """Vetoes where ``stats.std > threshold``; keeps the score."""
@@ -109,6 +118,9 @@ class EpistemicStdVeto(VetoRule):
 
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         return score
+
+    def disarmed(self) -> VetoRule:
+        return EpistemicStdVeto(threshold=jnp.full_like(self.threshold, jnp.inf))
 
 
 class ValueDropVeto(VetoRule):
@@ -122,6 +134,9 @@ class ValueDropVeto(VetoRule):
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         return score
 
+    def disarmed(self) -> VetoRule:
+        return ValueDropVeto(value_drop=jnp.full_like(self.value_drop, jnp.inf))
+
 
 class LowerConfidenceBound(VetoRule):
     """Scores ``score - kappa * stats.std``; vetoes nothing."""
@@ -133,6 +148,9 @@ class LowerConfidenceBound(VetoRule):
 
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         return score - self.kappa * stats.std
+
+    def disarmed(self) -> VetoRule:
+        return self
 
 
 class MaskRule(VetoRule):
@@ -154,6 +172,36 @@ def identity() -> VetoRule:
         A :class:`VetoRule`.
     """
     return Chain(rules=())
+
+
+def disarmed(rule: VetoRule) -> VetoRule:
+    """``rule`` with every veto switched off and its scoring kept: the no-veto ablation.
+
+    Thresholds become ``+inf`` (array leaves of the same shape and dtype), so the
+    result has ``rule``'s pytree structure: a planner compiled for ``rule`` runs
+    the ablation without compiling again, and its scores are those of ``rule``.
+    A :class:`MaskRule` (a static function) cannot be disarmed.
+
+    Args:
+        rule: the rule.
+
+    Returns:
+        A :class:`VetoRule` that vetoes no finite-valued action.
+
+    Raises:
+        TypeError: for a rule that does not define ``disarmed()``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from priorguard.planners.base import ActionStats
+        >>> stats = ActionStats.from_world_values(
+        ...     jnp.array([[[0.0, 2.0], [1.0, 1.0]]]), jnp.array([[1.0, 1.0]]))
+        >>> rule = chain(epistemic_std_veto(0.5), lower_confidence_bound(1.0))
+        >>> veto, score = apply_rule(disarmed(rule), stats)
+        >>> veto.tolist(), score.tolist()
+        ([[False, False]], [[0.0, 1.0]])
+    """
+    return rule.disarmed()
 
 
 def chain(*rules: VetoRule) -> VetoRule:
