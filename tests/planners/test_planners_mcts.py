@@ -134,6 +134,18 @@ def test_interior_vetoes_hold_below_the_root(policy):
     assert not ((ids >= 11.0) & expanded).any()
 
 
+@pytest.mark.parametrize("policy", ["muzero", "gumbel"])
+def test_a_rule_that_cannot_veto_skips_the_interior_statistics_and_searches_the_same(policy):
+    # threshold inf: can_veto() is False and the search skips the node statistics (a run-time
+    # branch); a huge finite threshold computes them and vetoes nothing. The trees must agree.
+    tables = two_step_tables()
+    skipped, computed = search(tables, 1, policy=policy), search(tables, 1, threshold=1e300, policy=policy)
+    for a, b in zip(jax.tree_util.tree_leaves(skipped.search_tree), jax.tree_util.tree_leaves(computed.search_tree)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(skipped.action, computed.action)
+    assert not np.asarray(skipped.search_tree.embeddings.veto_mask).any()
+
+
 def test_root_masking_alone_does_not_stop_the_lure():
     out = search(two_step_tables(), 1, threshold=1.0, interior_veto=False)
     np.testing.assert_array_equal(out.action, [0, 0])  # what mctx's root-only invalid_actions gives

@@ -145,6 +145,9 @@ def test_disarmed_rule_vetoes_nothing_scores_the_same_and_reuses_the_program():
     assert veto_off.tolist() == [[False, False, False]]
     np.testing.assert_array_equal(score_off, score_on)  # LCB kept: the ablation changes vetoes only
     assert jax.tree_util.tree_structure(off) == jax.tree_util.tree_structure(rule)
+    assert bool(rule.can_veto()) and not bool(off.can_veto())  # MCTS skips interior stats on False
+    assert not bool(make_veto_rule(kappa=1.0)[0].can_veto())
+    assert bool(make_veto_rule(value_drop=0.5)[0].can_veto()) and bool(chain(mask_rule(jnp.isnan)).can_veto())
     traces = []
 
     @jax.jit

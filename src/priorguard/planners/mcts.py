@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import jax
 import jax.numpy as jnp
 import mctx
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
@@ -156,7 +157,12 @@ def make_recurrent_fn(
         next_obs, reward, value = step_in_worlds(embedding.obs, action, world)
         logits = proposal.logits(params, next_obs)
         if use_veto:
-            _, mask, _ = node_veto_mask(models, next_obs, veto, discount=discount, fallback_action=fallback_action)
+            # The interior statistics (A actions x S worlds per row) are most of a
+            # simulation's cost; a rule that vetoes nothing (e.g. ``disarmed``) skips them.
+            def node_mask() -> Array:
+                return node_veto_mask(models, next_obs, veto, discount=discount, fallback_action=fallback_action)[1]
+
+            mask = jax.lax.cond(veto.can_veto(), node_mask, lambda: jnp.zeros(logits.shape, dtype=bool))
             logits = mask_vetoed_logits(logits, mask)
         else:
             mask = jnp.zeros(logits.shape, dtype=bool)

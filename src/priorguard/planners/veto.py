@@ -78,6 +78,11 @@ class VetoRule(eqx.Module):
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         """The updated ``[B, K]`` score."""
 
+    def can_veto(self) -> Bool[Array, ""]:
+        """Scalar: False only when the rule vetoes no finite-valued action (planners may then skip the
+        statistics its vetoes read). Rules that cannot tell answer True."""
+        return jnp.asarray(True)
+
     def disarmed(self) -> VetoRule:
         """This rule with its vetoes switched off and its scoring kept (see :func:`disarmed`)."""
         raise TypeError(f"{type(self).__name__} does not define disarmed(); write one that returns a rule of"
@@ -104,6 +109,12 @@ class Chain(VetoRule):
             score = rule.score(stats, score)
         return score
 
+    def can_veto(self) -> Bool[Array, ""]:
+        out = jnp.asarray(False)
+        for rule in self.rules:
+            out = out | rule.can_veto()
+        return out
+
     def disarmed(self) -> VetoRule:
         return Chain(rules=tuple(rule.disarmed() for rule in self.rules))
 
@@ -118,6 +129,9 @@ class EpistemicStdVeto(VetoRule):
 
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         return score
+
+    def can_veto(self) -> Bool[Array, ""]:
+        return self.threshold < jnp.inf
 
     def disarmed(self) -> VetoRule:
         return EpistemicStdVeto(threshold=jnp.full_like(self.threshold, jnp.inf))
@@ -134,6 +148,9 @@ class ValueDropVeto(VetoRule):
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         return score
 
+    def can_veto(self) -> Bool[Array, ""]:
+        return self.value_drop < jnp.inf
+
     def disarmed(self) -> VetoRule:
         return ValueDropVeto(value_drop=jnp.full_like(self.value_drop, jnp.inf))
 
@@ -148,6 +165,9 @@ class LowerConfidenceBound(VetoRule):
 
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
         return score - self.kappa * stats.std
+
+    def can_veto(self) -> Bool[Array, ""]:
+        return jnp.asarray(False)
 
     def disarmed(self) -> VetoRule:
         return self
