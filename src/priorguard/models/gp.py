@@ -803,7 +803,11 @@ class GPPosterior(eqx.Module):
             num_features: random features per top-level kernel term.
         """
         st = self.state
-        batch = max(1, min(n, int(2e7 // max(1, st.x.shape[0] * num_features * st.y.shape[1]))))
+        # draws are made in chunks of at most ~2e7 feature evaluations, spread evenly
+        # (100 draws in chunks of at most 76 are 2 x 50, not 2 x 76 with 52 padded)
+        cap = max(1, min(n, int(2e7 // max(1, st.x.shape[0] * num_features * st.y.shape[1]))))
+        chunks = -(-n // cap)
+        batch = -(-n // chunks)
         params = _exact_draw_params(st, key, n, num_features, batch)
         x_basis, params["v"] = collapse_duplicate_inputs(np.asarray(st.x), params["v"])
         params["basis"] = basis_params(n, jnp.asarray(x_basis), st.low, st.scale, st.y_mean, st.y_scale)
