@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import priorguard.envs as pe
@@ -16,6 +16,9 @@ DYNAMICS = {
 unit = st.floats(0.0, 1.0, exclude_max=True, width=32)
 
 
+# Vault: a sale on the thief's step (a random state with the thief after the buyer arrives)
+@example(env_id="priorguard/Vault-v0", split="train", noise=[0.5, 0.0, 0.0, 0.0, 0.0, 0.75] + [0.0] * 10,
+         controls=[0.0, 0.0, 0.0, 0.75, 0.0])
 @settings(max_examples=300, deadline=None)
 @given(
     env_id=st.sampled_from(pe.list_envs()),

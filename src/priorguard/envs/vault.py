@@ -120,8 +120,10 @@ class VaultDynamics(Dynamics):
         thief_here = t == state[_THIEF_T]
         buyer_here = t >= BUYER_TIME
         sell = xp.logical_and(action == SELL, buyer_here)
-        theft = thief_here & diamond & xp.logical_not(guard)
         sold = sell & diamond
+        # a sale on the thief's step hands the diamond over first (unreachable from a reset,
+        # where the thief comes before the buyer, but a random audit state may pose it)
+        theft = thief_here & diamond & xp.logical_not(guard) & xp.logical_not(sold)
         failed = sell & xp.logical_not(diamond)
         after = pack(
             xp,
