@@ -248,10 +248,11 @@ def sweep(
     loaded = _load(spec, set_)
     _prepare_out(out_dir)
     if backend == "ray":
-        from priorguard.experiments.sweep import BackendError, import_ray
+        from priorguard.experiments.sweep import BackendError, check_ray_address, import_ray
 
         try:
             import_ray()
+            check_ray_address(address)
         except BackendError as e:
             _fail(escape(str(e)))
     configure()

@@ -253,3 +253,19 @@ def test_cli_address_needs_the_ray_backend(tmp_path):
                         "--address", "auto"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--backend ray" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_cli_unreachable_address_fails_fast_and_writes_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "store"
+    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "sweep", "lava-shift", "--out", str(out),
+                        "--backend", "ray", "--address", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    # our own check answered (Ray alone retries such an address for minutes, then says something else)
+    assert f"127.0.0.1:{port}" in r.stderr and "nothing answers" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

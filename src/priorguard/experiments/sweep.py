@@ -274,6 +274,35 @@ def import_ray() -> Any:
     return ray
 
 
+def check_ray_address(address: str | None, *, timeout: float = 3.0) -> None:
+    """Fails fast when nothing listens at a ``host:port`` (or ``ray://host:port``) Ray address.
+
+    Ray itself retries an unreachable cluster address for minutes before it
+    gives up; a plain TCP connection answers in at most ``timeout`` seconds.
+    ``"auto"``, ``"local"`` and addresses without a port are left to Ray.
+
+    Raises:
+        BackendError: naming the address and what the connection said.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    import socket
+
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise BackendError(
+            f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} ({reason}); "
+            "start one there with `ray start --head --port PORT`, or leave out --address to run a local Ray"
+        ) from None
+
+
 @contextmanager
 def _local_ray_environment(ray: Any) -> Iterator[None]:
     """Settings for a Ray started here: loopback only, no usage stats.
@@ -311,6 +340,7 @@ def _init_ray(ray: Any, address: str | None, workers: int) -> None:
     fix_hash_seed_for_children()  # a local Ray's workers inherit it
     common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
               "runtime_env": {"env_vars": {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", HASH_SEED)}}}
+    check_ray_address(address)
     try:
         if address:
             ray.init(address=address, **common)
