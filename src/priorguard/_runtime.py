@@ -27,6 +27,13 @@ def hash_seed_is_fixed() -> bool:
     return sys.flags.hash_randomization == 0 or os.environ.get("PYTHONHASHSEED", "random") != "random"
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def configure(*, host_devices: int | None = None, cache_dir: str | Path | None = None) -> None:
     """Sets float64, the host device count and the persistent compilation cache.
 
@@ -36,7 +43,8 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
     Args:
         host_devices: number of CPU devices to expose (default: CPU count, at most 8).
         cache_dir: persistent compilation cache folder (default
-            ``$PRIORGUARD_CACHE`` or ``~/.cache/priorguard/jax``).
+            ``$PRIORGUARD_CACHE`` or ``~/.cache/priorguard/jax``); programs go
+            into its subfolder ``cpus-<n>``, n the CPUs this process may run on.
     """
     global _DONE
     if _DONE:
@@ -48,7 +56,12 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    cache = Path(cache_dir or os.environ.get("PRIORGUARD_CACHE", Path.home() / ".cache" / "priorguard" / "jax"))
+    base = Path(cache_dir or os.environ.get("PRIORGUARD_CACHE", Path.home() / ".cache" / "priorguard" / "jax"))
+    # XLA:CPU splits a program over the threads the compiling process may use, and the
+    # persistent cache key does not say how many: a program compiled in a sweep worker
+    # pinned to one core runs on one thread in any process that loads it (a flagship run
+    # took 20 s instead of 13 s). So processes with different CPU counts keep apart.
+    cache = base / f"cpus-{cpu_count()}"
     try:
         cache.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache))

@@ -92,3 +92,23 @@ def test_unwritable_cache_warns_once_and_runs_on(tmp_path):
     assert r.stderr.count("persistent compilation cache disabled") == 1, r.stderr
     assert "PRIORGUARD_CACHE" in r.stderr
     assert r.stdout.split()[0] == "2.0" and str(blocker) not in r.stdout
+
+
+def test_processes_with_different_cpu_counts_keep_separate_program_caches(tmp_path):
+    """XLA:CPU bakes the thread count into a program; a 1-CPU sweep worker's programs must not reach others."""
+    import os
+
+    code = ("import os, sys\n"
+            "if sys.argv[1] == 'pin': os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "from priorguard._runtime import configure\n"
+            "configure()\n"
+            "import jax\n"
+            "print(jax.config.jax_compilation_cache_dir)\n")
+    env = dict(os.environ, PRIORGUARD_CACHE=str(tmp_path / "cache"))
+    dirs = {}
+    for mode in ("pin", "free"):
+        r = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        dirs[mode] = r.stdout.strip()
+    assert dirs["pin"] == str(tmp_path / "cache" / "cpus-1")
+    assert dirs["free"] == str(tmp_path / "cache" / f"cpus-{len(os.sched_getaffinity(0))}")
