@@ -19,6 +19,7 @@ compilation cache in a new one).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ Actor = Callable[[Any, Any], tuple[Any, Any, Any, Any]]
 __all__ = ["Actor", "CemDriver", "MctsDriver", "OneStepDriver", "PlannerDriver", "alone_actor", "driver_for"]
 
 
-class PlannerDriver:
+class PlannerDriver(abc.ABC):
     """The runner's view of one planner kind (see the module docstring).
 
     Args:
@@ -56,8 +57,9 @@ class PlannerDriver:
         self.discount = discount
         self.discrete = info.action_kind == "discrete"
 
+    @abc.abstractmethod
     def actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Actor:
-        raise NotImplementedError
+        """The planner with these models, A and veto rule, as an :data:`Actor`."""
 
     def calibration_scores(self, models: PlanningModels, key: Any, obs: Any, proposal: Any,
                            params: Any) -> Any:

@@ -33,10 +33,10 @@ import numpy as np
 from priorguard._shapes import shape_bucket
 from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
 from priorguard.envs import env_info, reference_policies
+from priorguard.experiments.drivers import Actor, alone_actor, driver_for
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs
 from priorguard.planners import veto as veto_lib
-from priorguard.experiments.drivers import Actor, alone_actor, driver_for
 from priorguard.planners.base import PlanningModels
 from priorguard.planners.proposals import (
     BoxUniformProposal,
