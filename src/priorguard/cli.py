@@ -365,7 +365,7 @@ def runs(
 def main() -> None:
     """Console entry point."""
     try:
-        app()
+        app(prog_name="priorguard")  # also after entry()'s re-exec as `python -m priorguard.cli`
     except SpecError as e:  # raised past a command's own handling
         try:
             _spec_fail(e)

@@ -112,3 +112,12 @@ def test_processes_with_different_cpu_counts_keep_separate_program_caches(tmp_pa
         dirs[mode] = r.stdout.strip()
     assert dirs["pin"] == str(tmp_path / "cache" / "cpus-1")
     assert dirs["free"] == str(tmp_path / "cache" / f"cpus-{len(os.sched_getaffinity(0))}")
+
+
+def test_usage_names_the_command():
+    # the console script re-executes itself as `python -m priorguard.cli`; usage still says `priorguard`
+    script = Path(sys.executable).parent / "priorguard"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "priorguard.cli"]
+    r = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Usage: priorguard [OPTIONS] COMMAND" in r.stdout, r.stdout[:300]
