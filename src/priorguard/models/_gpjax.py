@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from priorguard.models import _fastmath
 from priorguard.priors.distributions import Prior
 from priorguard.priors.kernels import (
     KERNEL_PARAMS,
@@ -648,12 +649,12 @@ def _iid_eval(tree: KernelTree, theta: Mapping[str, Array], params: Any, x: Arra
     a = _cols(x, tree)
     kind = tree.kind
     if kind in STATIONARY or kind == "rational_quadratic":
-        return jnp.sqrt(2.0 * th["variance"]) * jnp.cos(a @ params["omega"].T + params["phase"])
+        return jnp.sqrt(2.0 * th["variance"]) * _fastmath.cos(a @ params["omega"].T + params["phase"])
     if kind == "periodic":
         ang = 2 * jnp.pi * a / th["period"]
         emb = jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1)  # [N, d, 2]
         proj = jnp.einsum("nde,fde->nf", emb, params["omega"])
-        return jnp.sqrt(2.0 * th["variance"]) * jnp.cos(proj + params["phase"])
+        return jnp.sqrt(2.0 * th["variance"]) * _fastmath.cos(proj + params["phase"])
     if kind == "linear":
         return jnp.sqrt(th["variance"]) * (a @ params["g"].T)
     if kind == "polynomial":
