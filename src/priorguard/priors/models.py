@@ -45,7 +45,7 @@ class NutsInference(_Strict):
 
 
 class SviInference(_Strict):
-    """Stochastic variational inference with an AutoNormal or low-rank guide."""
+    """Stochastic variational inference with a mean-field normal (AutoDiagonalNormal) or low-rank guide."""
 
     method: Literal["svi"]
     steps: int = Field(default=2000, ge=1, le=1_000_000)
