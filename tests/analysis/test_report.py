@@ -62,3 +62,43 @@ def test_point_labels_are_short_and_merge_linked_paths():
         "terminal.features=['agent_x'], instrumental.features=['coin_dx']"
     assert _label({"terminal.kernel.kind": "rbf", "planner.depth": 3}) == "kernel.kind=rbf, planner.depth=3"
     assert _label({}) == "base"
+
+
+def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
+    # MAP GPs have one hyperparameter draw: PSIS-LOO cannot run, the exact LOO in terminal.nc ranks them
+    import jax
+
+    from priorguard.analysis.diagnostics import write_datatree
+    from priorguard.models.base import as_data
+    from priorguard.models.gp import fit_gp
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, (40, 2))
+    y = np.sin(6.0 * x[:, :1]) + 0.05 * rng.standard_normal((40, 1))  # only column 0 explains y
+    spec = {"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map"}}
+    store = ResultStore(tmp_path / "store")
+    for col, regret in ((0, 0.2), (1, 0.8)):
+        for seed in (0, 1):
+            run_id = f"col{col}-{seed}"
+            store.register(run_id, experiment="exp", env="e", seed=seed, overrides={"terminal.features": [f"x{col}"]})
+            post = fit_gp(spec, as_data(x[:, col:col + 1], y), key=jax.random.key(seed))
+            metrics = {"regret": regret + 0.01 * seed}
+            with store.writing(run_id) as folder:
+                write_datatree(post.to_datatree(), folder / "terminal.nc")
+                write_json(folder / "metrics.json", metrics)
+            store.mark_done(run_id, metrics)
+    points = {p.label: p for p in summarise(store)}
+    good, bad = points["terminal.features=['x0']"].loo, points["terminal.features=['x1']"].loo
+    assert np.all(np.isfinite(good + bad)) and min(good) > max(bad)
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    assert "Best by in-distribution LOO: exp: terminal.features=['x0']" in text
+    assert "LOO does not separate them" not in text  # x0's LOO is far above x1's on every seed
+
+
+def test_report_says_when_no_run_has_a_loo(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    fill(store, {"rbf": [0.5, 0.6], "matern52": [0.1, 0.2]})  # no terminal.nc
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    assert "Best by in-distribution LOO" not in text and "LOO ranks nothing" in text

@@ -87,6 +87,8 @@ def _terminal_loo(run_dir: Path) -> float:
         from priorguard.analysis.diagnostics import read_datatree
 
         dt = read_datatree(path)
+        if "elpd_loo_exact" in dt.attrs:  # one draw (MAP, fixed hyperparameters): PSIS cannot run
+            return float(dt.attrs["elpd_loo_exact"])
         if "log_likelihood" not in dt.children:
             return float("nan")
         with warnings.catch_warnings():
@@ -259,9 +261,19 @@ def _rank_sentence(points: list[PointSummary], loo_rank: list[int], deploy_rank:
     loo = [mean_interval(p.loo)[0] for p in points]
     regret = [p.stat("regret")[0] for p in points]
     ok = [i for i in range(len(points)) if math.isfinite(loo[i]) and math.isfinite(regret[i])]
-    best_loo = f"{points[loo_rank[0]].experiment}: {points[loo_rank[0]].label}"
     best_dep = f"{points[deploy_rank[0]].experiment}: {points[deploy_rank[0]].label}"
-    text = f"Best by in-distribution LOO: {best_loo}. Best on deploy (lowest regret): {best_dep}."
+    if not any(math.isfinite(v) for v in loo):
+        return (f"No run has an in-distribution LOO of T (no terminal.nc ArviZ can score), so LOO ranks"
+                f" nothing. Best on deploy (lowest regret): {best_dep}.")
+    best_loo = f"{points[loo_rank[0]].experiment}: {points[loo_rank[0]].label}"
+    text = f"Best by in-distribution LOO: {best_loo}"
+    finite = [i for i in loo_rank if math.isfinite(loo[i])]
+    if len(finite) >= 2:
+        _, lo_best, _ = mean_interval(points[finite[0]].loo)
+        _, _, hi_next = mean_interval(points[finite[1]].loo)
+        if not lo_best > hi_next:  # a NaN bound (one seed) counts as overlapping
+            text += " (its interval over seeds overlaps the next one's: LOO does not separate them)"
+    text += f". Best on deploy (lowest regret): {best_dep}."
     if len(ok) >= 3:
         rho = spearmanr([-loo[i] for i in ok], [regret[i] for i in ok]).statistic
         text += f" Spearman correlation of LOO rank and deploy rank: {rho:.2f}."
