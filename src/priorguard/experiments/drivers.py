@@ -25,6 +25,7 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from priorguard._checks import checked_jit
 from priorguard.planners import veto as veto_lib
@@ -127,8 +128,8 @@ class MctsDriver(PlannerDriver):
         marginally over (state, action) pairs rather than exactly.
         """
         na = self.info.num_actions
-        return veto_lib.calibration_scores(models, key, jnp.repeat(obs, na, axis=0), discount=self.discount,
-                                           actions=jnp.tile(jnp.arange(na), obs.shape[0]))
+        return veto_lib.calibration_scores(models, key, np.repeat(np.asarray(obs), na, axis=0),
+                                           discount=self.discount, actions=np.tile(np.arange(na), obs.shape[0]))
 
 
 class CemDriver(PlannerDriver):

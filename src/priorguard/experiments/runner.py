@@ -18,6 +18,7 @@ Steps:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -85,7 +86,8 @@ class RunArtifacts:
 
 
 def _seed_ints(key: Any, n: int) -> list[int]:
-    return [int(x) for x in jax.random.randint(key, (n,), 0, 2**31 - 1)]
+    # to the host in one piece: iterating a device array runs one indexing program per element
+    return np.asarray(jax.random.randint(key, (n,), 0, 2**31 - 1)).tolist()
 
 
 def collect(env_id: str, split: str, episodes: int, policy: str, key: Any) -> Transitions:
@@ -125,7 +127,12 @@ def _subsample(n: int, cap: int, key: Any) -> np.ndarray:
     size = fit_size(n, cap)
     if size == n:
         return np.arange(n)
-    return np.sort(np.asarray(jax.random.choice(key, n, (size,), replace=False)))
+    return np.sort(np.asarray(_choose(key, n, size)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _choose(key: Any, n: int, size: int) -> Any:
+    return jax.random.choice(key, n, (size,), replace=False)
 
 
 def _encode_actions(actions: np.ndarray, num_actions: int | None) -> np.ndarray:

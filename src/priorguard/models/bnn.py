@@ -556,6 +556,28 @@ def _fit_depth(spec: BNNModel, cfg: _NetConfig, xs: Array, ys: Array, scaling: _
 # --- the posterior --------------------------------------------------------------
 
 
+@partial(jax.jit, static_argnums=1)
+def _pick_draws(key: PRNGKeyArray, n: int, draw_params: dict[str, Array]) -> dict[str, Array]:
+    """``n`` of the S posterior samples (without replacement when ``n <= S``), in one program."""
+    num = draw_params["noise"].shape[0]
+    idx = jax.random.choice(key, num, (n,), replace=n > num)
+    return jax.tree_util.tree_map(lambda v: v[idx], draw_params)
+
+
+@partial(jax.jit, static_argnums=1)
+def _pick_mixture_draws(key: PRNGKeyArray, n: int, depth_probs: Array,
+                        fits: tuple[dict[str, Array], ...]) -> dict[str, Any]:
+    """``n`` draws of a depth mixture: a depth from ``depth_probs``, then a sample of it."""
+    key_depth, *keys = jax.random.split(key, len(fits) + 1)
+    depth_index = jax.random.choice(key_depth, len(fits), (n,), p=depth_probs)
+    nets = []
+    for k, draw_params in zip(keys, fits):
+        idx = jax.random.randint(k, (n,), 0, draw_params["noise"].shape[0])
+        nets.append(jax.tree_util.tree_map(lambda v, i=idx: v[i], draw_params))
+    noise = jnp.stack([net["noise"] for net in nets])[depth_index, jnp.arange(n)]
+    return {"depth": depth_index.astype(jnp.int32), "nets": tuple(nets), "noise": noise}
+
+
 @partial(jax.jit, static_argnums=0)
 def _moments(apply: Any, params: Any, x: Array) -> tuple[Array, Array, Array]:
     nu.count_trace("bnn/moments")
@@ -689,17 +711,8 @@ class BNNPosterior:
             raise ValueError(f"n must be >= 1, got {n}")
         if len(self.fits) == 1:
             f = self.fits[0]
-            idx = jax.random.choice(key, f.num_draws, (n,), replace=n > f.num_draws)
-            return FunctionDraws(params=jax.tree_util.tree_map(lambda v: v[idx], f.draw_params),
-                                 apply_fn=f.apply)
-        key_depth, *keys = jax.random.split(key, len(self.fits) + 1)
-        depth_index = jax.random.choice(key_depth, len(self.fits), (n,), p=jnp.asarray(self.depth_probs))
-        nets = []
-        for k, f in zip(keys, self.fits):
-            idx = jax.random.randint(k, (n,), 0, f.num_draws)
-            nets.append(jax.tree_util.tree_map(lambda v, i=idx: v[i], f.draw_params))
-        noise = jnp.stack([net["noise"] for net in nets])[depth_index, jnp.arange(n)]
-        params = {"depth": depth_index.astype(jnp.int32), "nets": tuple(nets), "noise": noise}
+            return FunctionDraws(params=_pick_draws(key, n, f.draw_params), apply_fn=f.apply)
+        params = _pick_mixture_draws(key, n, jnp.asarray(self.depth_probs), tuple(f.draw_params for f in self.fits))
         return FunctionDraws(params=params, apply_fn=DepthMixtureApply(tuple(f.apply for f in self.fits)))
 
     def to_datatree(self, depth: int | None = None, *, key: PRNGKeyArray | None = None) -> Any:

@@ -274,9 +274,15 @@ def latent_site_shapes(program: GPProgram) -> dict[str, tuple[tuple[int, ...], A
     """Every free sample site (hyperpriors included): name -> (shape, support)."""
     from numpyro.handlers import seed, trace
 
-    tr = trace(seed(functools.partial(gp_model, program), 0)).get_trace()
-    return {name: (tuple(site["fn"].shape()), site["fn"].support)
-            for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]}
+    out: dict[str, tuple[tuple[int, ...], Any]] = {}
+
+    def shapes() -> None:
+        tr = trace(seed(functools.partial(gp_model, program), 0)).get_trace()
+        out.update({name: (tuple(site["fn"].shape()), site["fn"].support)
+                    for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]})
+
+    jax.eval_shape(shapes)  # traced abstractly: the prior draws are never computed
+    return out
 
 
 def initial_unconstrained(program: GPProgram, key: PRNGKeyArray, num_outputs: int, *,
@@ -286,22 +292,31 @@ def initial_unconstrained(program: GPProgram, key: PRNGKeyArray, num_outputs: in
     ``strategy="median"``: numpyro's ``init_to_median`` (101 prior samples);
     ``"uniform"``: numpyro's ``init_to_uniform(radius=2)``.
     """
+    if strategy not in ("median", "uniform"):
+        raise ValueError(f'strategy must be "median" or "uniform", got {strategy!r}')
+    program = program.anonymous()  # feature names do not change the draws
+    init = cached_program(("gp/initial_unconstrained", program, num_outputs, strategy),
+                          lambda: jax.jit(functools.partial(_initial_unconstrained, program, num_outputs, strategy)))
+    return {name: np.asarray(v) for name, v in init(key).items()}
+
+
+def _initial_unconstrained(program: GPProgram, num_outputs: int, strategy: str, key: PRNGKeyArray) -> dict[str, Array]:
     from numpyro.distributions.transforms import biject_to
     from numpyro.handlers import seed, substitute, trace
     from numpyro.infer.initialization import init_to_median, init_to_uniform
 
     init = init_to_median(num_samples=101) if strategy == "median" else init_to_uniform(radius=2.0)
     model = functools.partial(gp_model, program)
-    per_output: list[dict[str, np.ndarray]] = []
+    per_output: list[dict[str, Array]] = []
     for k in jax.random.split(key, num_outputs):
         tr = trace(substitute(seed(model, k), substitute_fn=init)).get_trace()
         per_output.append({
-            name: np.asarray(biject_to(site["fn"].support).inv(site["value"]))
+            name: biject_to(site["fn"].support).inv(site["value"])
             for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]
         })
     if not per_output[0]:
         return {}
-    return {name: np.stack([p[name] for p in per_output]) for name in per_output[0]}
+    return {name: jnp.stack([p[name] for p in per_output]) for name in per_output[0]}
 
 
 class MapObjective:
@@ -698,10 +713,14 @@ def collapse_duplicate_inputs(x: np.ndarray, v: Array) -> tuple[np.ndarray, Arra
     size = shape_bucket(u, direction="up", per_octave=2, exact_below=0)
     if size > 0.75 * x.shape[0]:
         return x, v
-    inverse = jnp.asarray(inverse.reshape(-1))
-    summed = jax.ops.segment_sum(jnp.moveaxis(v, -1, 0), inverse, num_segments=size)  # [size, S, O]
     x_basis = np.concatenate([uniq, np.repeat(uniq[:1], size - u, axis=0)])  # padding rows carry v = 0
-    return x_basis, jnp.moveaxis(summed, 0, -1)
+    return x_basis, _sum_duplicates(v, jnp.asarray(inverse.reshape(-1)), size)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _sum_duplicates(v: Array, inverse: Array, size: int) -> Array:
+    """``v [S, O, N]`` summed over rows with the same ``inverse`` index: ``[S, O, size]``."""
+    return jnp.moveaxis(jax.ops.segment_sum(jnp.moveaxis(v, -1, 0), inverse, num_segments=size), 0, -1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
