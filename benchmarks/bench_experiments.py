@@ -9,13 +9,16 @@
    run time, not first-time compilation). Target: speed-up >= 1.7x. Also
    printed, from the sweeps' own run records: each worker's first run (it pays
    the process's set-up) against later runs, how much slower a run is while
-   both workers are busy, and the ceiling that leaves for long sweeps.
+   both workers are busy, and the ceiling that leaves for long sweeps. A lone
+   worker runs XLA on every core, so the ratio also depends on how well one run
+   uses them; the sweep's own scaling is printed too: 2 workers against 1 worker
+   held to one core (``taskset``), each run then on one core.
 3. Compiled-code reuse: two runs of the same shapes (seeds 0 and 1) in one
    process, first against an empty persistent cache. Target: the second run
    >= 3x faster than the first.
 
 Run: ``.venv/bin/python benchmarks/bench_experiments.py [--skip-flagship]``
-(about 14 minutes on 2 cores). Timings are single measurements: run on a
+(about 16 minutes on 2 cores). Timings are single measurements: run on a
 quiet machine.
 """
 
@@ -126,6 +129,13 @@ def parallel(tmp: Path, *, warm: bool) -> None:
     _row(f"  ceiling for many runs: {min(cores, 2)} x later-run time, 1 / 2 workers",
          f"{min(cores, 2) * later1 / later2:.2f}x", "", None)
     _row("speed-up, 2 workers vs 1", f"{one / two:.2f}x", ">= 1.7x", one / two >= 1.7)
+    if cores >= 2 and shutil.which("taskset"):
+        # The sweep's own scaling, without a lone run's multi-threading: 1 worker held to one
+        # core (it loads the same 1-CPU programs as a pinned worker) vs 2 workers on 2 cores.
+        solo = _timed(["taskset", "-c", str(min(os.sched_getaffinity(0)))] + PG
+                      + ["sweep", "coin-shift", "--workers", "1", "--out", str(tmp / "w1-core")], env)
+        _row("  1 worker on one core (s)", f"{solo:.1f}", "", None)
+        _row("  one core per run: 2 workers vs 1 worker on 1 core", f"{solo / two:.2f}x", "", None)
 
 
 _SECOND_RUN = """
