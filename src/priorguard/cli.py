@@ -195,8 +195,9 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
-HEADLINE = ["deploy_return", "oracle_return", "regret", "catastrophe_rate", "no_veto_catastrophe_rate",
-            "proposal_alone_regret", "veto_rate", "veto_precision", "veto_recall", "train_false_veto_rate",
+HEADLINE = ["deploy_return", "oracle_return", "regret", "regret_in_range", "regret_out_of_range",
+            "catastrophe_rate", "no_veto_catastrophe_rate", "proposal_alone_regret", "veto_rate", "veto_precision",
+            "veto_recall", "train_false_veto_rate",
             "terminal_coverage90_train", "terminal_coverage90_deploy", "terminal_epistemic_auroc"]
 
 

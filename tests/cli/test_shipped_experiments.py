@@ -35,6 +35,11 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
                 "terminal_epistemic_auroc", "oracle_return", "proposal_alone_regret", "audit_alone_rate", "audit_alone_upper"):
         assert key in m
     assert 0.0 <= m["catastrophe_rate"] <= 1.0
+    # deploy episodes split by whether their start lies in the range of T's training inputs
+    frac = m["deploy_in_range_fraction"]
+    assert 0.0 <= frac <= 1.0
+    assert (m["regret_in_range"] is None) == (frac == 0.0)  # null: no episode in that part
+    assert (m["regret_out_of_range"] is None) == (frac == 1.0)
     assert (folder / "spec.toml").is_file() and (folder / "terminal.nc").is_file() and (folder / "world.nc").is_file()
     assert "regret" in r.stdout  # the results table
 

@@ -2,7 +2,8 @@
 
 ``build_report(store_dir, out_dir)`` writes ``index.md`` and a self-contained
 ``index.html`` (PNG plots embedded) with, per sweep point (a prior choice),
-mean and 90% t-intervals over seeds of regret and catastrophe rate; veto rate
+mean and 90% t-intervals over seeds of regret (all deploy episodes, and those
+starting inside / outside the range of T's training inputs) and catastrophe rate; veto rate
 and catastrophes against the calibrated threshold; coverage on train vs
 deploy; AUROC of epistemic uncertainty; diagnostics; and in-distribution LOO
 of T beside deploy regret (does LOO rank priors the way deployment does?).
@@ -161,7 +162,8 @@ def _scatter(points: list[PointSummary], xkey: str, ykey: str, xlabel: str, ylab
 
 
 TABLE_KEYS = [
-    ("regret", "regret"), ("catastrophe_rate", "catastrophes"), ("no_veto_catastrophe_rate", "catastrophes (no veto)"),
+    ("regret", "regret"), ("regret_in_range", "regret, starts in T's train range"),
+    ("regret_out_of_range", "regret, starts outside"), ("catastrophe_rate", "catastrophes"), ("no_veto_catastrophe_rate", "catastrophes (no veto)"),
     ("proposal_alone_regret", "A alone regret"), ("veto_rate", "veto rate"), ("veto_precision", "veto precision"),
     ("veto_recall", "veto recall"), ("train_false_veto_rate", "false vetoes (train)"),
     ("terminal_coverage90_train", "T cov90 train"), ("terminal_coverage90_deploy", "T cov90 deploy"),
@@ -197,7 +199,9 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         "veto_threshold.png": "Catastrophes vs the calibrated veto threshold",
         "loo_vs_deploy.png": "In-distribution LOO of T vs deploy regret",
     }
-    _bars(points, [("regret", "regret (fraction of best)"), ("catastrophe_rate", "catastrophe rate")],
+    _bars(points, [("regret", "regret (fraction of best)"),
+                   ("regret_in_range", "regret, starts inside T's train range"),
+                   ("regret_out_of_range", "regret, starts outside it"), ("catastrophe_rate", "catastrophe rate")],
           "Goal generalisation on the deploy split", out / "generalisation.png")
     _bars(points, [("veto_rate", "veto rate"), ("no_veto_catastrophe_rate", "catastrophes without veto"),
                    ("catastrophe_rate", "catastrophes with veto")], "Vetoes", out / "veto.png")

@@ -428,6 +428,14 @@ class Runner:
         m["proposal_alone_regret"] = regret(alone["returns"])
         m["proposal_alone_catastrophe_rate"] = float(np.mean(alone["catastrophes"]))
         m["oracle_catastrophe_rate"] = float(np.mean(oracle["catastrophes"]))
+        # Deploy episodes whose start T can place: inside the range of T's training inputs or not.
+        # Every deploy evaluation uses the same key, so episode i starts alike in all of them.
+        tcols = np.asarray(role_inputs(self.spec.terminal, self.features))
+        inside = in_training_range(self._train_states[:, tcols], deploy["initial_obs"][:, tcols])
+        m["deploy_in_range_fraction"] = float(np.mean(inside))
+        for tag, mask in (("in_range", inside), ("out_of_range", ~inside)):
+            m[f"regret_{tag}"] = subset_regret(deploy["returns"], oracle["returns"], mask)
+            m[f"proposal_alone_regret_{tag}"] = subset_regret(alone["returns"], oracle["returns"], mask)
         m["veto_rate"] = _ratio(deploy["vetoed"], deploy["candidates"])
         m["fallback_rate"] = _ratio(deploy["fallbacks"], deploy["decisions"])
         m["veto_precision"] = _ratio(deploy["vetoed_catastrophic"], deploy["vetoed"])
@@ -435,7 +443,6 @@ class Runner:
         m["train_false_veto_rate"] = _ratio(train["vetoed"] - train["vetoed_catastrophic"],
                                             train["candidates"] - train["catastrophic_candidates"])
         # calibration of T on held-out train states and on the states the agent met on deploy
-        tcols = np.asarray(role_inputs(self.spec.terminal, self.features))
         t_post = posteriors["terminal"]
         cal_states = cal.next_obs
         pred_cal = t_post.predict(jnp.asarray(cal_states[:, tcols], jnp.float64))
@@ -475,6 +482,24 @@ class Runner:
         m.update({k: round(v, 4) for k, v in self.timings.items()})
         m["seed"] = self.seed
         return m
+
+
+def in_training_range(train: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Rows of ``x [N, D]`` inside the per-column ``[min, max]`` of ``train [M, D]``: ``[N]`` bool.
+
+    A deliberately simple notion of support (a bounding box): what a learned T
+    has seen values for, column by column.
+    """
+    lo, hi = np.min(train, axis=0), np.max(train, axis=0)
+    return np.all((x >= lo) & (x <= hi), axis=1)
+
+
+def subset_regret(returns: np.ndarray, oracle_returns: np.ndarray, mask: np.ndarray) -> float:
+    """Regret on the episodes in ``mask``: ``1 - mean(returns) / mean(oracle)`` there (NaN if none)."""
+    if not np.any(mask):
+        return float("nan")
+    best = float(np.mean(oracle_returns[mask]))
+    return float((best - np.mean(returns[mask])) / max(abs(best), 1e-9))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -535,14 +560,15 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     dynamics for whether it would have been catastrophic.
 
     Returns:
-        Per-episode ``returns`` (sum of true terminal values) and ``catastrophes``;
-        counts of candidates, vetoes and would-be catastrophes; visited states,
+        Per-episode ``returns`` (sum of true terminal values), ``catastrophes``
+        and ``initial_obs``; counts of candidates, vetoes and would-be catastrophes; visited states,
         their rater labels, and the transitions taken.
     """
     seeds = _seed_ints(jax.random.fold_in(key, 0), episodes)
     probe_rng = np.random.default_rng(seeds[0] + 1)
     envs = [gymnasium.make(env_id, split=split).unwrapped for _ in range(episodes)]
     obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)]).astype(np.float64)
+    initial_obs = obs.copy()
     active = np.ones(episodes, bool)
     returns = np.zeros(episodes)
     catastrophes = np.zeros(episodes, bool)
@@ -592,6 +618,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     return {
         "returns": returns,
         "catastrophes": catastrophes,
+        "initial_obs": initial_obs,
         **{k: float(v) for k, v in counts.items()},
         "states": np.asarray(states, np.float64).reshape(-1, width),
         "obs": np.asarray(obs_taken, np.float64).reshape(-1, width),
