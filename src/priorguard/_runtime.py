@@ -27,6 +27,25 @@ def hash_seed_is_fixed() -> bool:
     return sys.flags.hash_randomization == 0 or os.environ.get("PYTHONHASHSEED", "random") != "random"
 
 
+#: BLAS thread-count variables: one thread each, unless the user set them. OpenBLAS
+#: (numpy's, and scipy's, whose LAPACK jaxlib's CPU linear algebra calls) splits a
+#: factorisation by its thread count, and that changes the rounding: the same spec and
+#: seed gave different metrics in `priorguard run` (2 BLAS threads) and in a sweep
+#: worker (1). The matrices here (GPs of <= 512 points) gain nothing from more threads.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads() -> None:
+    """One BLAS thread in this process and the ones it starts (variables the user set are kept)."""
+    unset = [var for var in BLAS_THREAD_VARS if var not in os.environ]
+    for var in unset:
+        os.environ[var] = "1"
+    if len(unset) == len(BLAS_THREAD_VARS):  # libraries loaded already read no variable: limit them now
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -35,7 +54,7 @@ def cpu_count() -> int:
 
 
 def configure(*, host_devices: int | None = None, cache_dir: str | Path | None = None) -> None:
-    """Sets float64, the host device count and the persistent compilation cache.
+    """Sets float64, the host device count, the persistent compilation cache and one BLAS thread.
 
     Must run before JAX is first used for the device count to take effect
     (numpyro's parallel chains need one host device per chain).
@@ -49,6 +68,7 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
     global _DONE
     if _DONE:
         return
+    limit_blas_threads()
     n = host_devices or min(os.cpu_count() or 1, 8)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:

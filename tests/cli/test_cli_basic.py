@@ -1,6 +1,7 @@
 """The CLI through a subprocess: validate, list, schema; bad input exits 2 without a traceback."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,25 @@ def test_usage_names_the_command():
     r = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Usage: priorguard [OPTIONS] COMMAND" in r.stdout, r.stdout[:300]
+
+
+_BLAS_PROBE = """
+import json, numpy, scipy.linalg, threadpoolctl
+from priorguard._runtime import configure
+configure()
+print(json.dumps([p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]))
+"""
+
+
+def test_experiment_processes_use_one_blas_thread_unless_told_otherwise():
+    # numpy and scipy load their BLAS before configure(): it limits them after the fact
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", _BLAS_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    threads = json.loads(r.stdout.strip().splitlines()[-1])
+    assert threads and all(n == 1 for n in threads)
+    if len(os.sched_getaffinity(0)) >= 2:  # a count the user set is kept
+        r = subprocess.run([sys.executable, "-c", _BLAS_PROBE], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert 2 in json.loads(r.stdout.strip().splitlines()[-1])

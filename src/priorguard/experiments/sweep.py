@@ -202,23 +202,26 @@ def _run_pool(tasks, store, workers, run_fn, emit, finish) -> None:
         _pool_loop(list(tasks), workers, run_fn, emit, finish, store)
 
 
-#: Thread-count variables of the BLAS / OpenMP libraries a worker may load (numpy's OpenBLAS among them).
-_BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 @contextmanager
 def _blas_threads_for_children(workers: int) -> Iterator[None]:
-    """Sizes the BLAS thread pools of pool workers to their share of the CPUs.
+    """Sizes the thread pools of pool workers: one BLAS thread, OpenMP pools to their share of the CPUs.
 
     The libraries read these variables when they load, which in a spawned
     worker is while it imports its task's code, before the pool initializer
     pins it; so they are set here, in the environment the workers start
-    with (and restored afterwards). Variables the user set are left alone.
+    with (and restored afterwards). One BLAS thread whatever the worker count,
+    as :func:`priorguard._runtime.limit_blas_threads` sets in any process that
+    runs experiments: a BLAS's thread count changes its rounding, and a run's
+    numbers must not depend on how many workers ran it. Variables the user set
+    are left alone.
     """
+    from priorguard._runtime import BLAS_THREAD_VARS
+
     share = max(1, len(os.sched_getaffinity(0)) // max(workers, 1)) if hasattr(os, "sched_getaffinity") else 1
-    saved = {var: os.environ.get(var) for var in _BLAS_THREAD_VARS}
-    for var in _BLAS_THREAD_VARS:
-        os.environ.setdefault(var, str(share))
+    values = {"OMP_NUM_THREADS": str(share), **dict.fromkeys(BLAS_THREAD_VARS, "1")}
+    saved = {var: os.environ.get(var) for var in values}
+    for var, value in values.items():
+        os.environ.setdefault(var, value)
     try:
         yield
     finally:
