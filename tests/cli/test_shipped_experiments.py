@@ -40,6 +40,8 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     assert 0.0 <= frac <= 1.0
     assert (m["regret_in_range"] is None) == (frac == 0.0)  # null: no episode in that part
     assert (m["regret_out_of_range"] is None) == (frac == 1.0)
+    for who in ("no_veto_regret", "proposal_alone_regret"):
+        assert (m[f"{who}_in_range"] is None) == (frac == 0.0) and (m[f"{who}_out_of_range"] is None) == (frac == 1.0)
     assert (folder / "spec.toml").is_file() and (folder / "terminal.nc").is_file() and (folder / "world.nc").is_file()
     assert "regret" in r.stdout  # the results table
 

@@ -435,6 +435,7 @@ class Runner:
         m["deploy_in_range_fraction"] = float(np.mean(inside))
         for tag, mask in (("in_range", inside), ("out_of_range", ~inside)):
             m[f"regret_{tag}"] = subset_regret(deploy["returns"], oracle["returns"], mask)
+            m[f"no_veto_regret_{tag}"] = subset_regret(deploy_nv["returns"], oracle["returns"], mask)
             m[f"proposal_alone_regret_{tag}"] = subset_regret(alone["returns"], oracle["returns"], mask)
         m["veto_rate"] = _ratio(deploy["vetoed"], deploy["candidates"])
         m["fallback_rate"] = _ratio(deploy["fallbacks"], deploy["decisions"])
