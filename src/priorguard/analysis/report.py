@@ -163,7 +163,8 @@ def _scatter(points: list[PointSummary], xkey: str, ykey: str, xlabel: str, ylab
 
 TABLE_KEYS = [
     ("regret", "regret"), ("regret_in_range", "regret, starts in T's train range"),
-    ("regret_out_of_range", "regret, starts outside"), ("catastrophe_rate", "catastrophes"), ("no_veto_catastrophe_rate", "catastrophes (no veto)"),
+    ("regret_out_of_range", "regret, starts outside"),
+    ("catastrophe_rate", "catastrophes"), ("no_veto_catastrophe_rate", "catastrophes (no veto)"),
     ("proposal_alone_regret", "A alone regret"), ("veto_rate", "veto rate"), ("veto_precision", "veto precision"),
     ("veto_recall", "veto recall"), ("train_false_veto_rate", "false vetoes (train)"),
     ("terminal_coverage90_train", "T cov90 train"), ("terminal_coverage90_deploy", "T cov90 deploy"),

@@ -413,9 +413,10 @@ class Runner:
               train: dict[str, Any]) -> dict[str, Any]:
         m: dict[str, Any] = {}
         best = float(np.mean(oracle["returns"]))
+        every = np.ones(len(oracle["returns"]), bool)
 
         def regret(ret: np.ndarray) -> float:
-            return float((best - np.mean(ret)) / max(abs(best), 1e-9))
+            return subset_regret(ret, oracle["returns"], every)
 
         m["deploy_return"] = float(np.mean(deploy["returns"]))
         m["oracle_return"] = best

@@ -215,9 +215,9 @@ def _blas_threads_for_children(workers: int) -> Iterator[None]:
     numbers must not depend on how many workers ran it. Variables the user set
     are left alone.
     """
-    from priorguard._runtime import BLAS_THREAD_VARS
+    from priorguard._runtime import BLAS_THREAD_VARS, cpu_count
 
-    share = max(1, len(os.sched_getaffinity(0)) // max(workers, 1)) if hasattr(os, "sched_getaffinity") else 1
+    share = max(1, cpu_count() // max(workers, 1))
     values = {"OMP_NUM_THREADS": str(share), **dict.fromkeys(BLAS_THREAD_VARS, "1")}
     saved = {var: os.environ.get(var) for var in values}
     for var, value in values.items():

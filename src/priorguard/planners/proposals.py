@@ -172,8 +172,9 @@ class MLPProposal(DiscreteProposal):
             The parameter pytree.
         """
         dtype = jnp.zeros(()).dtype if dtype is None else jnp.dtype(dtype)
-        return _mlp_init(self, key, obs, dtype)
+        return self._init(key, obs, dtype)
 
+    @eqx.filter_jit  # one program (op by op it compiles one per layer and op)
     def _init(self, key: PRNGKeyArray, obs: Array | None, dtype: Any) -> dict[str, Any]:
         sizes = (self.obs_dim, *self.hidden_sizes, self.num_actions)
         keys = jax.random.split(key, len(sizes) - 1)
@@ -347,9 +348,3 @@ def fit_policy_gradient(
         return params, returns
 
     return train(params, key, models, start_obs)
-
-
-@eqx.filter_jit
-def _mlp_init(policy: MLPProposal, key: PRNGKeyArray, obs: Array | None, dtype: Any) -> dict[str, Any]:
-    """:meth:`MLPProposal.init` as one program (op by op it compiles one per layer and op)."""
-    return policy._init(key, obs, dtype)
