@@ -149,7 +149,7 @@ def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
 
     info = env_info(spec.env)
     features = list(info.feature_names)
-    roles = [r for r in ("terminal", "world", "instrumental") if getattr(spec, r) is not None]
+    roles = [r for r in ("terminal", "world", "instrumental", "termination") if getattr(spec, r) is not None]
     out = {}
     for role, k in zip(roles, jax.random.split(key, len(roles))):
         if on_role:
@@ -164,7 +164,7 @@ def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
                 [(0.0, 1.0)] * len(acts) if info.action_kind == "discrete"
                 else list(zip(info.action_low.tolist(), info.action_high.tolist())))
         else:
-            in_names, out_names = names, ["value"]
+            in_names, out_names = names, ["episode_ends" if role == "termination" else "value"]
             ranges = [info.feature_ranges[f] for f in names]
         if isinstance(model, GPModel):
             if len(out_names) > 1:

@@ -1,4 +1,4 @@
-"""The experiment runner: collect train data, fit T, W, I, plan on both splits, score against truth.
+"""The experiment runner: collect train data, fit T, W, D, I, plan on both splits, score against truth.
 
 One run is one (resolved spec, seed). Every random choice flows from
 ``jax.random.key(seed)`` (and numpy generators seeded from it), so the same
@@ -8,8 +8,10 @@ Steps:
     1. Collect train-split episodes with the behaviour policy; hold out a
        calibration fraction of episodes.
     2. Fit T on (features of each visited state, the rater's label), W on
-       (state, action) -> state delta, and I on Monte-Carlo returns of T along
-       W rollouts under the proposal policy A.
+       (state, action) -> state delta, D (when the spec has one) on (each
+       visited state, whether the episode ended there), and I on Monte-Carlo
+       returns of T along W rollouts under the proposal policy A (weighted by
+       D's probability that the episode is still on).
     3. Calibrate the epistemic-std veto (split conformal, on held-out states).
     4. Run the planner (with and without vetoes) and A alone on deploy-split
        episodes, and the planner on train-split episodes (for false vetoes),
@@ -51,6 +53,9 @@ from priorguard.priors.spec import ExperimentSpec
 
 Progress = Callable[[str], None]
 
+# D's keys fold this into existing streams, so that specs without D keep every number they had
+_TERMINATION_STREAM = 0x7E4D
+
 
 @dataclass
 class Transitions:
@@ -62,6 +67,8 @@ class Transitions:
         next_obs: ``[N, F]``.
         rater: ``[N]`` the rater's label of ``next_obs``.
         episode: ``[N]`` episode index.
+        terminated: ``[N]`` bool, the episode ended in ``next_obs`` (a terminal
+            state; not the time limit).
     """
 
     obs: np.ndarray
@@ -69,10 +76,11 @@ class Transitions:
     next_obs: np.ndarray
     rater: np.ndarray
     episode: np.ndarray
+    terminated: np.ndarray
 
     def subset(self, mask: np.ndarray) -> Transitions:
         return Transitions(self.obs[mask], self.action[mask], self.next_obs[mask], self.rater[mask],
-                           self.episode[mask])
+                           self.episode[mask], self.terminated[mask])
 
 
 @dataclass
@@ -96,7 +104,8 @@ def collect(env_id: str, split: str, episodes: int, policy: str, key: Any) -> Tr
     seeds = _seed_ints(key, episodes + 1)
     rng = np.random.default_rng(seeds[-1])
     env = gymnasium.make(env_id, split=split).unwrapped
-    rows: dict[str, list[Any]] = {k: [] for k in ("obs", "action", "next_obs", "rater", "episode")}
+    names = ("obs", "action", "next_obs", "rater", "episode", "terminated")
+    rows: dict[str, list[Any]] = {k: [] for k in names}
     for ep in range(episodes):
         obs, _ = env.reset(seed=seeds[ep])
         done = False
@@ -108,8 +117,9 @@ def collect(env_id: str, split: str, episodes: int, policy: str, key: Any) -> Tr
             rows["next_obs"].append(nxt)
             rows["rater"].append(info["rater_value"])
             rows["episode"].append(ep)
+            rows["terminated"].append(bool(terminated))
             obs, done = nxt, terminated or truncated
-    return Transitions(*(np.asarray(rows[k]) for k in ("obs", "action", "next_obs", "rater", "episode")))
+    return Transitions(*(np.asarray(rows[k]) for k in names))
 
 
 def fit_size(n: int, cap: int) -> int:
@@ -275,6 +285,18 @@ class Runner:
             feature_names=[self.features[c] for c in wcols] + action_names,
             feature_ranges=[self.ranges[c] for c in wcols] + action_ranges)
         self.timings["fit_world_s"] = time.perf_counter() - t0
+
+        if spec.termination is not None:
+            self.progress("fit D (termination)")
+            t0 = time.perf_counter()
+            dcols = role_inputs(spec.termination, self.features)
+            x_d, y_d = termination_data(data)
+            idx = _subsample(len(x_d), cap, jax.random.fold_in(keys["w"], _TERMINATION_STREAM + 1))
+            posteriors["termination"] = fit_role(
+                spec.termination, as_data(x_d[idx][:, dcols], y_d[idx]),
+                key=jax.random.fold_in(keys["w"], _TERMINATION_STREAM), role="termination",
+                feature_names=[self.features[c] for c in dcols], feature_ranges=[self.ranges[c] for c in dcols])
+            self.timings["fit_termination_s"] = time.perf_counter() - t0
         self._train_states = x_states
         self._train_transitions = data
         return posteriors
@@ -301,8 +323,13 @@ class Runner:
             else {"action_low": jnp.asarray(self.info.action_low, jnp.float64),
                   "action_high": jnp.asarray(self.info.action_high, jnp.float64)}
         )
+        ends: dict[str, Any] = {}
+        if spec.termination is not None:
+            ends = {"termination": self._draws(posteriors["termination"],
+                                               jax.random.fold_in(keys["draws"], _TERMINATION_STREAM)),
+                    "termination_columns": role_inputs(spec.termination, self.features)}
         base = PlanningModels(world=world, terminal=self._draws(posteriors["terminal"], k_t),
-                              terminal_columns=tcols, **action_space)
+                              terminal_columns=tcols, **ends, **action_space)
         proposal, params = self.proposal(base, data, keys["proposal"])
         if spec.instrumental is None:
             return base, proposal, params
@@ -321,7 +348,7 @@ class Runner:
         self.timings["fit_instrumental_s"] = time.perf_counter() - t0
         models = PlanningModels(world=world, terminal=base.terminal,
                                 instrumental=self._draws(posteriors["instrumental"], jax.random.fold_in(k_i, 2)),
-                                terminal_columns=tcols, instrumental_columns=icols, **action_space)
+                                terminal_columns=tcols, instrumental_columns=icols, **ends, **action_space)
         return models, proposal, params
 
     def proposal(self, models: PlanningModels, data: Transitions, key: Any) -> tuple[Any, Any]:
@@ -470,6 +497,11 @@ class Runner:
             for level in (0.5, 0.9):
                 m[f"world_coverage{int(level * 100)}_{split}"] = interval_coverage(
                     nxt - obs, np.asarray(pred.mean), np.asarray(pred.total_var), level=level)
+        if "termination" in posteriors:
+            m.update(termination_scores(posteriors["termination"],
+                                        np.asarray(role_inputs(self.spec.termination, self.features)),
+                                        {"train": (cal.next_obs, cal.terminated),
+                                         "deploy": (deploy["states"], deploy["ended"])}))
         for role, post in posteriors.items():
             if getattr(getattr(self.spec, role), "inference", None) is None or \
                     getattr(self.spec, role).inference.method != "nuts":
@@ -484,6 +516,44 @@ class Runner:
         m.update({k: round(v, 4) for k, v in self.timings.items()})
         m["seed"] = self.seed
         return m
+
+
+def termination_data(data: Transitions) -> tuple[np.ndarray, np.ndarray]:
+    """D's training set: every state the agent saw, labelled 1 where its episode ended there.
+
+    The states are each episode's first observation (never terminal: the agent
+    acted in it) and every ``next_obs``.
+
+    Returns:
+        ``(states [M, F], ended [M])`` with ``ended`` in {0.0, 1.0}.
+    """
+    first = np.ones(len(data.episode), bool)
+    first[1:] = data.episode[1:] != data.episode[:-1]
+    states = np.concatenate([data.obs[first], data.next_obs])
+    ended = np.concatenate([np.zeros(int(first.sum())), data.terminated.astype(np.float64)])
+    return states, ended
+
+
+def termination_scores(posterior: Posterior, columns: np.ndarray,
+                       splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """How well D predicts where episodes end, per split.
+
+    ``termination_brier_<split>``: mean squared error of D's clipped posterior
+    mean against the 0/1 label of each state met there; ``termination_auroc_<split>``:
+    how well that probability separates the states where an episode ended from
+    the rest (NaN when one kind is missing).
+    """
+    out: dict[str, float] = {}
+    for split, (states, ended) in splits.items():
+        if len(states) == 0:
+            continue
+        pred = posterior.predict(jnp.asarray(states[:, columns], jnp.float64))
+        prob = np.clip(np.asarray(pred.mean[:, 0]), 0.0, 1.0)
+        ended = np.asarray(ended, bool)
+        out[f"termination_brier_{split}"] = float(np.mean((prob - ended) ** 2))
+        out[f"termination_auroc_{split}"] = (auroc(prob[ended], prob[~ended]) if ended.any() and not ended.all()
+                                             else float("nan"))
+    return out
 
 
 def in_training_range(train: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -510,9 +580,11 @@ def _ratio(num: float, den: float) -> float:
 
 def mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any, *, horizon: int,
                discount: float, rollouts: int) -> Any:
-    """Monte-Carlo targets for I: mean over rollouts of sum_t discount^(t-1) T(s_t) along W under A.
+    """Monte-Carlo targets for I: mean over rollouts of sum_t discount^(t-1) c_t T(s_t) along W under A.
 
-    Rollout r follows world ``r mod S`` (W and T draws of one world together).
+    Rollout r follows world ``r mod S`` (W, T and D draws of one world together);
+    ``c_t`` is that world's probability that the episode has not ended before
+    ``s_t`` (the product of D's continuations of ``s_1 .. s_{t-1}``; 1 without D).
 
     Returns:
         ``[N]`` targets.
@@ -529,9 +601,9 @@ def _mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, st
             action = proposal.sample(params, k, obs, 1)[:, 0]
             nxt = models.next_state(obs, action, world)
             total = total + disc * models.terminal_value(nxt, world)
-            return (nxt, total, disc * discount), None
+            return (nxt, total, disc * discount * models.continuation(nxt, world)), None
 
-        init = (starts, jnp.zeros(starts.shape[0], starts.dtype), jnp.asarray(1.0, starts.dtype))
+        init = (starts, jnp.zeros(starts.shape[0], starts.dtype), jnp.ones(starts.shape[0], starts.dtype))
         (_, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, horizon))
         return total
 
@@ -564,7 +636,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     Returns:
         Per-episode ``returns`` (sum of true terminal values), ``catastrophes``
         and ``initial_obs``; counts of candidates, vetoes and would-be catastrophes; visited states,
-        their rater labels, and the transitions taken.
+        their rater labels, whether the episode ended in them, and the transitions taken.
     """
     seeds = _seed_ints(jax.random.fold_in(key, 0), episodes)
     probe_rng = np.random.default_rng(seeds[0] + 1)
@@ -576,7 +648,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     catastrophes = np.zeros(episodes, bool)
     counts = dict(candidates=0, vetoed=0, vetoed_catastrophic=0, catastrophic_candidates=0, fallbacks=0,
                   decisions=0)
-    states, rater, obs_taken, actions_taken, values = [], [], [], [], []
+    states, rater, obs_taken, actions_taken, values, ended = [], [], [], [], [], []
     horizon = envs[0].horizon
     step_key = jax.random.fold_in(key, 1)
     for t in range(horizon):
@@ -608,6 +680,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
             obs_taken.append(obs[i].copy())
             actions_taken.append(a)
             states.append(nxt)
+            ended.append(bool(terminated))
             rater.append(info["rater_value"])
             returns[i] += info["true_terminal_value"]
             step_values[i] = info["true_terminal_value"]
@@ -626,6 +699,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
         "obs": np.asarray(obs_taken, np.float64).reshape(-1, width),
         "actions": np.asarray(actions_taken),
         "rater": np.asarray(rater, np.float64),
+        "ended": np.asarray(ended, bool),
         "values": np.asarray(values),
     }
 

@@ -1,4 +1,4 @@
-"""T, I and W: the roles a fitted model plays, and one entry point to fit any of them.
+"""T, I, W and D: the roles a fitted model plays, and one entry point to fit any of them.
 
 ``fit_role`` dispatches a role's spec (``model = "gp" | "bnn"``) to the GP or
 BNN backend with the role's stable site prefix, the feature names it sees and
@@ -15,7 +15,7 @@ from jaxtyping import PRNGKeyArray
 from priorguard.models.base import Data, Posterior
 from priorguard.priors.models import BNNModel, GPModel
 
-Role = Literal["terminal", "instrumental", "world"]
+Role = Literal["terminal", "instrumental", "world", "termination"]
 
 
 def fit_role(
@@ -27,7 +27,7 @@ def fit_role(
     feature_names: Sequence[str],
     feature_ranges: Sequence[tuple[float, float]] | None = None,
 ) -> Posterior:
-    """Fits T, I or W as its spec says.
+    """Fits T, I, W or D as its spec says.
 
     Args:
         spec: the role's model spec.

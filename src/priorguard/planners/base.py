@@ -12,9 +12,16 @@ Shapes used throughout the planners:
 
 An agent state is the environment observation vector ``[Ds]``. The world model
 W predicts the *delta* of the next observation from ``concat(obs, encode(a))``;
-T and I read a static subset of observation columns. Draw ``s`` of W, T and I
-together form "world s": a rollout that follows world ``s`` uses draw ``s`` of
-all three, and value uncertainty is the spread of values across worlds.
+T, I and the optional termination model D read a static subset of observation
+columns. Draw ``s`` of W, T, I and D together form "world s": a rollout that
+follows world ``s`` uses draw ``s`` of each, and value uncertainty is the spread
+of values across worlds.
+
+D predicts whether an episode ends in a state (it regresses the 0/1 label of
+the states the agent saw); ``continuation = 1 - clip(D, 0, 1)`` is the
+probability that the episode goes on after a state. Everything that looks past
+a state weights the future by it: ``V = T + discount * continuation * I``, the
+MCTS discount, CEM and imagined rollouts. Without D every state continues.
 """
 
 from __future__ import annotations
@@ -53,13 +60,19 @@ def _column_indices(columns: Any) -> Any:
         return columns
     values = np.asarray(columns if len(columns) else np.zeros(0, np.int64))
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer) or np.any(values < 0):
-        raise ValueError("terminal_columns and instrumental_columns must be tuples of column indices >= 0")
+        raise ValueError("terminal_columns, instrumental_columns and termination_columns must be tuples of"
+                         " column indices >= 0")
     return jnp.asarray(values, dtype=jnp.int32)
 
 
 def _gather_draw(draws: FunctionDraws, world_index: Int[Array, " N"], x: Float[Array, "N D"]) -> Array:
     """Evaluates draw ``world_index[n]`` at ``x[n]`` for every row ``n``."""
     return jax.vmap(lambda w, row: draws.one(w, row[None])[0])(world_index, x)
+
+
+def _continue(end: Float[Array, "... 1"]) -> Float[Array, "..."]:
+    """``1 - clip(D, 0, 1)``: D regresses a 0/1 label, so its draws can leave [0, 1]."""
+    return 1.0 - jnp.clip(end[..., 0], 0.0, 1.0)
 
 
 def world_std(values: Float[Array, "... S"]) -> Float[Array, "..."]:
@@ -78,7 +91,7 @@ def world_std(values: Float[Array, "... S"]) -> Float[Array, "..."]:
 
 
 class PlanningModels(eqx.Module):
-    """W, T and I as S jointly indexed function draws, plus the action space.
+    """W, T, I and D as S jointly indexed function draws, plus the action space.
 
     Exactly one of ``num_actions`` (discrete actions, one-hot encoded for W) or
     ``action_low``/``action_high`` (continuous actions, fed raw to W) is given.
@@ -91,6 +104,10 @@ class PlanningModels(eqx.Module):
         instrumental: I, draws over ``obs[..., instrumental_columns]`` -> ``[1]``,
             or None (then I = 0).
         instrumental_columns: observation columns I reads (as ``terminal_columns``).
+        termination: D, draws over ``obs[..., termination_columns]`` -> ``[1]``:
+            whether the episode ends in a state (clipped to [0, 1]), or None
+            (then no state ends an episode).
+        termination_columns: observation columns D reads (as ``terminal_columns``).
         num_actions: A for discrete actions, else None (static).
         action_low: ``[Da]`` lower action bounds (continuous), else None.
         action_high: ``[Da]`` upper action bounds (continuous), else None.
@@ -112,6 +129,8 @@ class PlanningModels(eqx.Module):
     terminal_columns: Int[Array, " Ct"] = eqx.field(converter=_column_indices)
     instrumental: FunctionDraws | None = None
     instrumental_columns: Int[Array, " Ci"] = eqx.field(converter=_column_indices, default=())
+    termination: FunctionDraws | None = None
+    termination_columns: Int[Array, " Cd"] = eqx.field(converter=_column_indices, default=())
     num_actions: int | None = eqx.field(static=True, default=None)
     action_low: Float[Array, " Da"] | None = None
     action_high: Float[Array, " Da"] | None = None
@@ -132,11 +151,15 @@ class PlanningModels(eqx.Module):
             raise ValueError("terminal_columns must name at least one observation column")
         if self.instrumental is not None and self.instrumental_columns.size == 0:
             raise ValueError("instrumental_columns must be given with an instrumental model")
+        if self.termination is not None and self.termination_columns.size == 0:
+            raise ValueError("termination_columns must be given with a termination model")
         counts = {"world": self.world.num_draws, "terminal": self.terminal.num_draws}
         if self.instrumental is not None:
             counts["instrumental"] = self.instrumental.num_draws
+        if self.termination is not None:
+            counts["termination"] = self.termination.num_draws
         if len(set(counts.values())) != 1:
-            raise ValueError(f"W, T and I need the same number of draws (worlds); got {counts}")
+            raise ValueError(f"W, T, I and D need the same number of draws (worlds); got {counts}")
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -239,18 +262,48 @@ class PlanningModels(eqx.Module):
             return jnp.zeros(obs.shape[:-1], obs.dtype)
         return _gather_draw(self.instrumental, world_index, _take_columns(obs, self.instrumental_columns))[..., 0]
 
+    def continuation(self, obs: Float[Array, "N Ds"], world_index: Int[Array, ""] | int) -> Float[Array, " N"]:
+        """Probability that the episode goes on after ``obs``, in one world (ones without D): ``[N]``."""
+        if self.termination is None:
+            return jnp.ones(obs.shape[:-1], obs.dtype)
+        return _continue(self.termination.one(world_index, _take_columns(obs, self.termination_columns)))
+
+    def continuation_all_worlds(self, obs: Float[Array, "N Ds"]) -> Float[Array, "S N"]:
+        """Continuation of the same ``obs`` in every world (ones without D): ``[S, N]``."""
+        if self.termination is None:
+            return jnp.ones((self.num_worlds,) + obs.shape[:-1], obs.dtype)
+        return _continue(self.termination(_take_columns(obs, self.termination_columns)))
+
+    def continuation_per_world(self, obs: Float[Array, "S N Ds"]) -> Float[Array, "S N"]:
+        """Continuation of world s at its own ``obs[s]`` (ones without D): ``[S, N]``."""
+        if self.termination is None:
+            return jnp.ones(obs.shape[:-1], obs.dtype)
+        return _continue(self.termination.per_draw(_take_columns(obs, self.termination_columns)))
+
+    def continuation_in_worlds(self, obs: Float[Array, "N Ds"], world_index: Int[Array, " N"]) -> Float[Array, " N"]:
+        """Continuation of row n in world ``world_index[n]`` (ones without D): ``[N]``."""
+        if self.termination is None:
+            return jnp.ones(obs.shape[:-1], obs.dtype)
+        return _continue(_gather_draw(self.termination, world_index, _take_columns(obs, self.termination_columns)))
+
     def state_value_all_worlds(self, obs: Float[Array, "N Ds"], *, discount: float) -> Float[Array, "S N"]:
-        """V = T + discount * I of the same ``obs`` in every world: ``[S, N]``."""
+        """V = T + discount * continuation * I of the same ``obs`` in every world: ``[S, N]``."""
         value = self.terminal_value_all_worlds(obs)
         if self.instrumental is not None:
-            value = value + discount * self.instrumental_value_all_worlds(obs)
+            future = self.instrumental_value_all_worlds(obs)
+            if self.termination is not None:
+                future = future * self.continuation_all_worlds(obs)
+            value = value + discount * future
         return value
 
     def state_value_per_world(self, obs: Float[Array, "S N Ds"], *, discount: float) -> Float[Array, "S N"]:
-        """V = T + discount * I of world s at its own ``obs[s]``: ``[S, N]``."""
+        """V = T + discount * continuation * I of world s at its own ``obs[s]``: ``[S, N]``."""
         value = self.terminal_value_per_world(obs)
         if self.instrumental is not None:
-            value = value + discount * self.instrumental_value_per_world(obs)
+            future = self.instrumental_value_per_world(obs)
+            if self.termination is not None:
+                future = future * self.continuation_per_world(obs)
+            value = value + discount * future
         return value
 
 

@@ -45,21 +45,26 @@ def sequence_returns(
         discount: per-step discount.
 
     Returns:
-        ``[B, K, S]`` returns ``sum_t discount^t T_s(s_{t+1}) + discount^H I_s(s_H)``.
+        ``[B, K, S]`` returns ``sum_t discount^t c_t T_s(s_{t+1}) + discount^H c_H I_s(s_H)``,
+        where ``c_t`` is the probability under world s's D that the episode is still on
+        before step t (1 without D).
     """
     batch, k, horizon = sequences.shape[:3]
     num_worlds = models.num_worlds
     start = jnp.broadcast_to(jnp.repeat(obs, k, axis=0)[None], (num_worlds, batch * k, obs.shape[-1]))
     actions = jnp.moveaxis(sequences.reshape(batch * k, horizon, -1), 1, 0)  # [H, B*K, Da]
 
-    def step(state: Array, action: Array) -> tuple[Array, Array]:
+    def step(carry: tuple[Array, Array], action: Array) -> tuple[tuple[Array, Array], Array]:
+        state, alive = carry
         next_state = models.next_state_per_world(state, action)  # [S, B*K, Ds]
-        return next_state, models.terminal_value_per_world(next_state)
+        reward = alive * models.terminal_value_per_world(next_state)
+        return (next_state, alive * models.continuation_per_world(next_state)), reward
 
-    last, rewards = jax.lax.scan(step, start, actions)  # rewards [H, S, B*K]
+    alive0 = jnp.ones(start.shape[:-1], start.dtype)
+    (last, alive), rewards = jax.lax.scan(step, (start, alive0), actions)  # rewards [H, S, B*K]
     weights = discount ** jnp.arange(horizon, dtype=rewards.dtype)
     returns = jnp.tensordot(weights, rewards, axes=1)  # [S, B*K]
-    returns = returns + discount**horizon * models.instrumental_value_per_world(last)
+    returns = returns + discount**horizon * alive * models.instrumental_value_per_world(last)
     return jnp.moveaxis(returns.reshape(num_worlds, batch, k), 0, -1)
 
 

@@ -5,8 +5,11 @@ Each state is searched once per world: the search batch is ``[S * B]``
 carries the world index, so a rollout follows one sampled world of W, T and I
 from root to leaf. The reward of a transition is T at the node reached (T is
 consulted at every node), the leaf value is I there (0 without I), and the
-prior logits come from the proposal A. Value uncertainty is the spread of the
-root Q-values across worlds.
+prior logits come from the proposal A. With a termination model D, a
+transition's discount is ``discount * continuation`` of the node reached, so a
+state where the episode ends in that world has no future there (mctx's
+bootstrap and the search below it count for nothing). Value uncertainty is the
+spread of the root Q-values across worlds.
 
 Vetoes. mctx masks invalid actions only at the root (``invalid_actions``).
 Interior vetoes are enforced in the recurrent function:
@@ -134,7 +137,7 @@ def make_recurrent_fn(
     use_veto = veto is not None and interior_veto
     num_worlds = models.num_worlds
 
-    def step_in_worlds(obs: Array, action: Array, world: Array) -> tuple[Array, Array, Array]:
+    def step_in_worlds(obs: Array, action: Array, world: Array) -> tuple[Array, Array, Array, Array]:
         if world_major:
             if obs.shape[0] % num_worlds:
                 raise ValueError(f"world-major batch of {obs.shape[0]} rows is not a multiple of S={num_worlds}")
@@ -142,11 +145,12 @@ def make_recurrent_fn(
             next_obs = models.next_state_per_world(obs.reshape(per_world + obs.shape[1:]), action.reshape(per_world))
             reward = models.terminal_value_per_world(next_obs).reshape(-1)
             value = models.instrumental_value_per_world(next_obs).reshape(-1)
-            return next_obs.reshape(obs.shape), reward, value
+            going_on = models.continuation_per_world(next_obs).reshape(-1)
+            return next_obs.reshape(obs.shape), reward, value, going_on
         next_obs = models.next_state_in_worlds(obs, action, world)
         reward = models.terminal_value_in_worlds(next_obs, world)
         value = models.instrumental_value_in_worlds(next_obs, world)
-        return next_obs, reward, value
+        return next_obs, reward, value, models.continuation_in_worlds(next_obs, world)
 
     def recurrent_fn(
         params: Any, key: PRNGKeyArray, action: Array, embedding: SearchEmbedding
@@ -154,7 +158,7 @@ def make_recurrent_fn(
         del key
         world = embedding.world_index
         was_vetoed = jnp.take_along_axis(embedding.veto_mask, action[:, None], axis=1)[:, 0]
-        next_obs, reward, value = step_in_worlds(embedding.obs, action, world)
+        next_obs, reward, value, going_on = step_in_worlds(embedding.obs, action, world)
         logits = proposal.logits(params, next_obs)
         if use_veto:
             # The interior statistics (A actions x S worlds per row) are most of a
@@ -168,7 +172,8 @@ def make_recurrent_fn(
             mask = jnp.zeros(logits.shape, dtype=bool)
         output = mctx.RecurrentFnOutput(
             reward=jnp.where(was_vetoed, jnp.asarray(veto_penalty, reward.dtype), reward),
-            discount=jnp.where(was_vetoed, 0.0, jnp.full_like(reward, discount)),
+            # D's continuation discounts everything after a state where the episode may end
+            discount=jnp.where(was_vetoed, 0.0, discount * going_on.astype(reward.dtype)),
             prior_logits=logits,
             value=value,
         )

@@ -315,19 +315,27 @@ def fit_policy_gradient(
     def loss_fn(
         p: Any, models: PlanningModels, rollout_key: PRNGKeyArray, obs0: Array, worlds: Array
     ) -> tuple[Array, Array]:
-        def move(obs: Array, step_key: PRNGKeyArray) -> tuple[Array, tuple[Array, Array, Array]]:
+        def move(
+            carry: tuple[Array, Array], step_key: PRNGKeyArray
+        ) -> tuple[tuple[Array, Array], tuple[Array, Array, Array]]:
+            obs, alive = carry
             logits = proposal.logits(p, obs)
             action = jax.random.categorical(step_key, jax.lax.stop_gradient(logits))
             log_prob = jax.nn.log_softmax(logits)[jnp.arange(obs.shape[0]), action]
             entropy = -jnp.sum(jax.nn.softmax(logits) * jax.nn.log_softmax(logits), axis=-1)
             next_obs = models.next_state_in_worlds(obs, action, worlds)
-            reward = models.terminal_value_in_worlds(next_obs, worlds)
-            return next_obs, (log_prob, entropy, reward)
+            reward = alive * models.terminal_value_in_worlds(next_obs, worlds)
+            # steps after a predicted episode end earn nothing; their log-probs still enter the
+            # score-function sum, with the same (stop-gradient) return: unbiased, a little noisier
+            alive = alive * models.continuation_in_worlds(next_obs, worlds)
+            return (next_obs, alive), (log_prob, entropy, reward)
 
-        last_obs, (log_probs, entropies, rewards) = jax.lax.scan(move, obs0, jax.random.split(rollout_key, horizon))
+        alive0 = jnp.ones(obs0.shape[:1], obs0.dtype)
+        (last_obs, alive), (log_probs, entropies, rewards) = jax.lax.scan(
+            move, (obs0, alive0), jax.random.split(rollout_key, horizon))
         weights = discount ** jnp.arange(horizon, dtype=rewards.dtype)
         returns = jnp.sum(weights[:, None] * rewards, axis=0)
-        returns = returns + discount**horizon * models.instrumental_value_in_worlds(last_obs, worlds)
+        returns = returns + discount**horizon * alive * models.instrumental_value_in_worlds(last_obs, worlds)
         returns = jax.lax.stop_gradient(returns)
         advantage = returns - jnp.mean(returns)
         loss = -jnp.mean(advantage * jnp.sum(log_probs, axis=0)) - entropy_coef * jnp.mean(entropies)

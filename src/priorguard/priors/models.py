@@ -1,6 +1,6 @@
-"""Model specs for T, I and W: Gaussian processes and Bayesian neural networks.
+"""Model specs for T, I, W and D: Gaussian processes and Bayesian neural networks.
 
-Each role (``terminal``, ``instrumental``, ``world``) is one table with
+Each role (``terminal``, ``instrumental``, ``world``, ``termination``) is one table with
 ``model = "gp"`` or ``model = "bnn"``. Simplicity priors live here as horseshoe
 sparsity on BNN weights and as kernel structure search on GPs; the speed prior
 as a prior over BNN depth.

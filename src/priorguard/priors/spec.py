@@ -168,7 +168,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ExperimentSpec(_Strict):
-    """A whole experiment: environment, data, the T/W/I models and their priors, planner, sweep."""
+    """A whole experiment: environment, data, the T/W/I/D models and their priors, planner, sweep."""
 
     name: str
     description: str = ""
@@ -178,6 +178,11 @@ class ExperimentSpec(_Strict):
     terminal: ModelSpec
     world: ModelSpec
     instrumental: InstrumentalSpec | None = None
+    #: D, the termination model: whether an episode ends in a state, regressed on
+    #: the 0/1 end-of-episode label of every state the agent saw. Planning and I's
+    #: targets weight what follows a state by ``1 - clip(D, 0, 1)``. None: no
+    #: state ends an episode in imagination.
+    termination: ModelSpec | None = None
     planner: PlannerSpec = Field(default_factory=PlannerSpec)
     audit: AuditSpec = Field(default_factory=AuditSpec)
     #: Dotted field path -> list of values; the grid of these times ``seeds``. A key of
@@ -225,7 +230,7 @@ class ExperimentSpec(_Strict):
             raise _fail("unknown_env", f"unknown environment {self.env!r}{did_you_mean(self.env, known)};"
                         f" known: {allowed(known)}", param="env")
         info = env_info(self.env)
-        for role in ("terminal", "world", "instrumental"):
+        for role in ("terminal", "world", "instrumental", "termination"):
             model = getattr(self, role)
             if model is None:
                 continue
