@@ -13,11 +13,14 @@ import pytest
 from priorguard.models import _gpjax as backend
 from priorguard.models._numpyro_util import TRACE_COUNTS
 from priorguard.models.base import Posterior, as_data
+from priorguard.models import gp as gp_module
 from priorguard.models.gp import (
     GPNumericalError,
+    GroupedTargets,
     JitterWarning,
     condition_gp,
     fit_exact_gp,
+    group_repeated_inputs,
     map_objective,
     prepare_data,
 )
@@ -191,6 +194,61 @@ def test_analytic_gradient_equals_autodiff():
     vb, gb = jax.value_and_grad(autodiff.total)(u, x, y)
     np.testing.assert_allclose(va, vb, rtol=1e-12)
     np.testing.assert_allclose(ga, gb, rtol=1e-6, atol=1e-9)
+
+
+def repeated_inputs(n, unique, rng):
+    """``n`` rows over ``unique`` distinct 2-D inputs (every one used), with two noisy outputs."""
+    grid = rng.random((unique, 2))
+    x = grid[np.concatenate([np.arange(unique), rng.integers(0, unique, n - unique)])]
+    y = np.stack([np.sin(4 * x[:, 0]), x[:, 1] - x[:, 0]], axis=1) + 0.2 * rng.standard_normal((n, 2))
+    return x, y
+
+
+@pytest.mark.parametrize("use_prior", [True, False])
+@pytest.mark.parametrize(("unique", "kernel"), [
+    (25, {"kind": "rbf"}),
+    (70, {"kind": "sum", "terms": [{"kind": "matern52"}, {"kind": "linear", "active_dims": [1]}]}),  # padded
+])
+def test_grouped_repeated_inputs_give_the_same_objective_and_gradient(use_prior, unique, kernel):
+    rng = np.random.default_rng(unique)
+    prep = prepare_data(as_data(*repeated_inputs(300, unique, rng)))
+    program = backend.compile_program(parse_kernel(kernel), noise=None, mean="constant",
+                                      feature_names=prep.feature_names, site_prefix="t")
+    xg, groups = group_repeated_inputs(program, prep.x, prep.y)
+    assert int(np.sum(groups.counts > 0)) == unique and xg.shape[0] >= unique and groups.counts.sum() == 300
+    if unique == 70:
+        assert xg.shape[0] > unique  # padded to a shape bucket
+    objective = map_objective(program, 2, use_prior=use_prior)
+    for seed in range(3):
+        u = jnp.asarray(np.random.default_rng(seed).uniform(-1.5, 1.5, objective.size))
+        full = objective.value_and_grad(u, jnp.asarray(prep.x), jnp.asarray(prep.y))
+        grouped = objective.value_and_grad(u, jnp.asarray(xg), GroupedTargets(*map(jnp.asarray, groups)))
+        np.testing.assert_allclose(grouped[0], full[0], rtol=1e-10)
+        np.testing.assert_allclose(grouped[1], full[1], rtol=1e-7, atol=1e-8)
+
+
+def test_map_fit_on_repeated_inputs_matches_the_ungrouped_fit(monkeypatch):
+    x, y = repeated_inputs(240, 12, np.random.default_rng(3))
+    fit = dict(inference=MapInference(method="map", steps=200), feature_ranges=[(0.0, 1.0)] * 2)
+    grouped = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), **fit)
+    monkeypatch.setattr(gp_module, "GROUP_FRACTION", 0.0)  # never group
+    full = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), **fit)
+    for site, value in full.hyperparameters.items():
+        np.testing.assert_allclose(grouped.hyperparameters[site], value, rtol=1e-4, err_msg=site)
+    q = jnp.asarray(np.random.default_rng(4).random((5, 2)))
+    np.testing.assert_allclose(grouped.predict(q).mean, full.predict(q).mean, rtol=1e-4, atol=1e-6)
+
+
+def test_inputs_are_not_grouped_with_white_noise_or_few_repeats():
+    rng = np.random.default_rng(8)
+    x, y = repeated_inputs(200, 10, rng)
+    white = backend.compile_program(parse_kernel({"kind": "sum", "terms": [{"kind": "rbf"}, {"kind": "white"}]}),
+                                    noise=None, mean="zero", feature_names=("a", "b"), site_prefix="t")
+    plain = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
+                                    feature_names=("a", "b"), site_prefix="t")
+    assert group_repeated_inputs(white, x, y) is None  # white noise acts per observation, not per input
+    assert group_repeated_inputs(plain, x, y) is not None
+    assert group_repeated_inputs(plain, rng.random((200, 2)), y) is None  # no repeats
 
 
 def test_second_fit_with_same_shapes_does_not_recompile():

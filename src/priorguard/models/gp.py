@@ -27,7 +27,11 @@ What a fit does:
      L-BFGS-B on one jitted value-and-gradient per step (unconstrained values
      boxed to ``[-15, 15]``), or by Adam in one compiled ``lax.scan``; the
      objective is compiled once per (kernel structure, priors, O) and reused by
-     every later fit of the same shapes.
+     every later fit of the same shapes. Repeated inputs (discrete
+     environments revisit a few states thousands of times) are grouped: the
+     same marginal likelihood is computed on the unique inputs, their average
+     targets with noise ``s^2 / n`` and the within-group scatter
+     (:func:`log_likelihood`), in O(U^3) per step instead of O(N^3).
    * ``nuts``: numpyro NUTS over the hyperparameters, one run per output (the
      outputs are independent a posteriori), through the shared compiled
      runner of :mod:`priorguard.models._numpyro_util` (data are traced
@@ -56,7 +60,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -235,7 +239,8 @@ def gp_model(program: GPProgram, x: Array | None = None, y: Array | None = None,
     Args:
         program: the resolved model.
         x: ``[N, D_model]`` scaled inputs (None: prior only).
-        y: ``[N]`` standardised targets of one output (None: prior only).
+        y: ``[N]`` standardised targets of one output, or their :class:`GroupedTargets`
+            over the unique inputs ``x`` (None: prior only).
         mll: the marginal likelihood function (analytic or autodiff gradient).
 
     Returns:
@@ -253,10 +258,94 @@ def gp_model(program: GPProgram, x: Array | None = None, y: Array | None = None,
             dist = dist.expand(h.shape).to_event(len(h.shape))
         theta[h.site] = numpyro.sample(h.site, dist)
     if y is not None:
-        k = backend.training_covariance(program, theta, x)
-        numpyro.factor(f"{program.site_prefix}/marginal_likelihood",
-                       mll(k, y - backend.mean_value(program, theta)))
+        numpyro.factor(f"{program.site_prefix}/marginal_likelihood", log_likelihood(program, theta, x, y, mll=mll))
     return theta
+
+
+class GroupedTargets(NamedTuple):
+    """One output's targets summarised over repeated inputs (or ``O`` outputs on a last axis).
+
+    Attributes:
+        counts: ``[U]`` copies of each unique input (0 on padding rows).
+        mean: ``[U]`` (or ``[U, O]``) average target at each unique input.
+        scatter: ``[U]`` (or ``[U, O]``) sum of squared deviations from that average.
+    """
+
+    counts: Array
+    mean: Array
+    scatter: Array
+
+
+def log_likelihood(program: GPProgram, theta: Mapping[str, Array], x: Array, y: Array | GroupedTargets, *,
+                   mll: Any = backend.log_marginal_likelihood) -> Array:
+    """``log N(y | m, K(X, X) + noise^2 I)`` of one output, from the targets or from their groups.
+
+    With :class:`GroupedTargets` (``x`` the unique inputs) the value is the same
+    number computed on U points instead of N. For ``n`` copies of an input with
+    targets ``y_i`` (average ``ybar``, scatter ``S``) the noise factorises:
+    ``prod_i N(y_i | f, s^2) = N(ybar | f, s^2 / n) (2 pi s^2)^(-(n-1)/2) n^(-1/2)
+    exp(-S / (2 s^2))``, so the marginal likelihood is a GP on the averages with
+    noise ``s^2 / n_u``, times the within-group terms. Padding rows
+    (``counts = 0``) are made independent unit normals at 0 and their density
+    is taken off again.
+    """
+    mean = backend.mean_value(program, theta)
+    if not isinstance(y, GroupedTargets):
+        return mll(backend.training_covariance(program, theta, x), y - mean)
+    present = y.counts > 0
+    n = jnp.where(present, y.counts, 1.0)
+    noise2 = theta[program.noise.site] ** 2
+    k = backend.gram(program.kernel, theta, x, x, same=True) + jnp.diag(noise2 / n)
+    k = jnp.where(present[:, None] & present[None, :], k, jnp.eye(k.shape[0], dtype=k.dtype))
+    value = mll(k, jnp.where(present, y.mean - mean, 0.0))
+    log_2pi = math.log(2.0 * math.pi)
+    within = -0.5 * (n - 1.0) * (log_2pi + jnp.log(noise2)) - 0.5 * jnp.log(n) - y.scatter / (2.0 * noise2)
+    return value + jnp.sum(jnp.where(present, within, 0.0)) + 0.5 * log_2pi * jnp.sum(~present)
+
+
+#: Group repeated inputs when the padded number of unique inputs is at most this fraction of N.
+GROUP_FRACTION = 0.75
+
+
+def _has_white(tree: backend.KernelTree) -> bool:
+    if isinstance(tree, backend.KernelNode):
+        return any(_has_white(t) for t in tree.terms)
+    return tree.kind == "white"
+
+
+def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, GroupedTargets] | None:
+    """The data as unique inputs and :class:`GroupedTargets`, or None when grouping does not pay.
+
+    The unique inputs are padded (with copies of the first, ``counts = 0``) to a
+    shape bucket, so fits with a few more or fewer unique inputs share compiled
+    code. Kernels with a white-noise term are never grouped: white noise is
+    independent per observation, not per input, so it does not act on groups.
+
+    Args:
+        program: the model (its kernel decides whether grouping is exact).
+        x: ``[N, D]`` model inputs.
+        y: ``[N, O]`` model targets.
+
+    Returns:
+        ``(x_unique [U', D], GroupedTargets with [U'] counts and [U', O] mean and scatter)``.
+    """
+    if _has_white(program.kernel):
+        return None
+    uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+    u = uniq.shape[0]
+    size = shape_bucket(u, direction="up")
+    if size > GROUP_FRACTION * x.shape[0]:
+        return None
+    inverse = inverse.reshape(-1)
+    n = np.zeros(size)
+    n[:u] = counts
+    sums = np.zeros((size, y.shape[1]))
+    np.add.at(sums, inverse, y)
+    mean = sums / np.maximum(n, 1.0)[:, None]
+    scatter = np.zeros_like(sums)
+    np.add.at(scatter, inverse, (y - mean[inverse]) ** 2)
+    x_unique = np.concatenate([uniq, np.repeat(uniq[:1], size - u, axis=0)])
+    return x_unique, GroupedTargets(n, mean, scatter)
 
 
 def theta_from_sites(program: GPProgram, values: Mapping[str, Array], lead: tuple[int, ...]) -> dict[str, Array]:
@@ -328,7 +417,8 @@ class MapObjective:
     ``count_trace("gp/map_objective")``).
 
     Attributes:
-        value_and_grad: ``(u_flat [P], x [N, D], y [N, O]) -> (value, grad [P])``.
+        value_and_grad: ``(u_flat [P], x [N, D], y [N, O]) -> (value, grad [P])``; or
+            ``x [U, D]`` unique inputs with ``y`` their :class:`GroupedTargets` (the same value).
         value: the same without gradient.
         constrain: ``u_flat -> {site: [O, ...]}`` constrained values of all sample sites.
         unravel: ``u_flat -> {site: [O, ...]}`` unconstrained.
@@ -352,12 +442,16 @@ class MapObjective:
                 return potential_energy(model, (x, y), {}, u)
             values = constrain_fn(model, (None, None), {}, u)
             theta = theta_from_sites(program, values, ())
-            k = backend.training_covariance(program, theta, x)
-            return -mll(k, y - backend.mean_value(program, theta))
+            return -log_likelihood(program, theta, x, y, mll=mll)
 
-        def total(u_flat: Array, x: Array, y: Array) -> Array:
+        def total(u_flat: Array, x: Array, y: Array | GroupedTargets) -> Array:
             count_trace("gp/map_objective")
             u = self.unravel(u_flat)
+            if isinstance(y, GroupedTargets):  # x holds the unique inputs
+                def one(uo: Any, mean: Array, scatter: Array) -> Array:
+                    return single(uo, x, GroupedTargets(y.counts, mean, scatter))
+
+                return jnp.sum(backend.map_unbatched(one, u, y.mean.T, y.scatter.T))
             return jnp.sum(backend.map_unbatched(lambda uo, yo: single(uo, x, yo), u, y.T))
 
         def constrain(u_flat: Array) -> dict[str, Array]:
@@ -442,7 +536,11 @@ def fit_map(program: GPProgram, prep: Prepared, inference: MapInference, *, key:
     unconstrained), later restarts at numpyro's ``init_to_uniform``.
     """
     objective = map_objective(program, prep.num_outputs, use_prior=use_prior)
-    x, y = jnp.asarray(prep.x), jnp.asarray(prep.y)
+    grouped = group_repeated_inputs(program, prep.x, prep.y)
+    if grouped is None:
+        x, y = jnp.asarray(prep.x), jnp.asarray(prep.y)
+    else:  # the same objective on the unique inputs (discrete environments revisit few states)
+        x, y = jnp.asarray(grouped[0]), GroupedTargets(*(jnp.asarray(a) for a in grouped[1]))
     if objective.size == 0:
         return MapResult(np.zeros(0), float(objective.value(jnp.zeros(0), x, y)), (), 1)
     keys = jax.random.split(key, inference.restarts)
