@@ -1179,9 +1179,16 @@ def _fit_nuts(program: GPProgram, prep: Prepared, inference: NutsInference, *, k
                             target_accept=inference.target_accept, max_tree_depth=inference.max_tree_depth,
                             name="gp/nuts"),
     )
-    x = jnp.asarray(prep.x)
-    outs = [runner.run(k, x, jnp.asarray(prep.y[:, o])) for o, k in
-            enumerate(jax.random.split(key, prep.num_outputs))]
+    grouped = group_repeated_inputs(program, prep.x, prep.y)
+
+    def data_of(o: int) -> tuple[Array, Array | GroupedTargets]:
+        if grouped is None:
+            return jnp.asarray(prep.x), jnp.asarray(prep.y[:, o])
+        xg, g = grouped  # the same density on the unique inputs
+        return jnp.asarray(xg), GroupedTargets(jnp.asarray(g.counts), jnp.asarray(g.mean[:, o]),
+                                               jnp.asarray(g.scatter[:, o]))
+
+    outs = [runner.run(k, *data_of(o)) for o, k in enumerate(jax.random.split(key, prep.num_outputs))]
     sites = list(outs[0]["samples"])
     samples = {s: np.stack([np.asarray(out["samples"][s]) for out in outs], axis=2) for s in sites}  # [C, S, O, ...]
     stats = {k: np.stack([np.asarray(out["stats"][k]) for out in outs], axis=-1) for k in outs[0]["stats"]}
