@@ -1,7 +1,7 @@
 """priorguard: explicit priors for goal learning, and planners that veto on posterior doubt.
 
 Subpackages: :mod:`priorguard.priors` (the spec: distributions, kernels,
-simplicity and speed priors), :mod:`priorguard.models` (T, I, W as GPs or
+simplicity and speed priors), :mod:`priorguard.models` (T, I, W and D as GPs or
 BNNs), :mod:`priorguard.planners` (one-step, MCTS, CEM, vetoes, audits),
 :mod:`priorguard.envs` (environments with train/deploy splits; importing it
 registers them with gymnasium), :mod:`priorguard.experiments` (runner, sweeps,

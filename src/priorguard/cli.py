@@ -76,7 +76,7 @@ def prior_check(
     seed: Annotated[int, typer.Option("--seed", min=0, help="PRNG seed.")] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
 ) -> None:
-    """Draw functions from each model's prior (T, W, I) and plot them, with structure/depth priors."""
+    """Draw functions from each model's prior (T, W, I, D) and plot them, with structure/depth priors."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from priorguard._runtime import configure
@@ -214,7 +214,7 @@ def run(
     seed: Annotated[int | None, typer.Option("--seed", help="Run only this seed.")] = None,
     all_points: Annotated[bool, typer.Option("--sweep", help="Run every sweep point (default: the first).")] = False,
 ) -> None:
-    """Run an experiment: fit T, W, I on the train split, plan on deploy, score against the truth."""
+    """Run an experiment: fit T, W, I (and D) on the train split, plan on deploy, score against the truth."""
     from priorguard._runtime import configure
 
     loaded = _load(spec, set_)

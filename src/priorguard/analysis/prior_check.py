@@ -1,6 +1,6 @@
 """Prior predictive checks: what each model believes before it sees data.
 
-For every role (T, W, I) of a spec this draws hyperparameters (or weights)
+For every role (T, W, I, D) of a spec this draws hyperparameters (or weights)
 from the declared priors and, from them, functions over the declared feature
 ranges: one-dimensional slices through the centre of the input box, one per
 feature. Structure and depth priors are reported as bar charts. Results are an
