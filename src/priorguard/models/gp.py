@@ -1179,16 +1179,14 @@ def _fit_nuts(program: GPProgram, prep: Prepared, inference: NutsInference, *, k
                             target_accept=inference.target_accept, max_tree_depth=inference.max_tree_depth,
                             name="gp/nuts"),
     )
-    grouped = group_repeated_inputs(program, prep.x, prep.y)
-
-    def data_of(o: int) -> tuple[Array, Array | GroupedTargets]:
-        if grouped is None:
-            return jnp.asarray(prep.x), jnp.asarray(prep.y[:, o])
-        xg, g = grouped  # the same density on the unique inputs
-        return jnp.asarray(xg), GroupedTargets(jnp.asarray(g.counts), jnp.asarray(g.mean[:, o]),
-                                               jnp.asarray(g.scatter[:, o]))
-
-    outs = [runner.run(k, *data_of(o)) for o, k in enumerate(jax.random.split(key, prep.num_outputs))]
+    grouped = group_repeated_inputs(program, prep.x, prep.y)  # the same density on the unique inputs
+    x = jnp.asarray(prep.x if grouped is None else grouped[0])
+    if grouped is None:
+        per_output = [jnp.asarray(prep.y[:, o]) for o in range(prep.num_outputs)]
+    else:
+        g = GroupedTargets(*(jnp.asarray(a) for a in grouped[1]))
+        per_output = [GroupedTargets(g.counts, g.mean[:, o], g.scatter[:, o]) for o in range(prep.num_outputs)]
+    outs = [runner.run(k, x, y) for k, y in zip(jax.random.split(key, prep.num_outputs), per_output)]
     sites = list(outs[0]["samples"])
     samples = {s: np.stack([np.asarray(out["samples"][s]) for out in outs], axis=2) for s in sites}  # [C, S, O, ...]
     stats = {k: np.stack([np.asarray(out["stats"][k]) for out in outs], axis=-1) for k in outs[0]["stats"]}
