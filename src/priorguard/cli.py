@@ -199,6 +199,8 @@ HEADLINE = ["deploy_return", "oracle_return", "regret", "regret_in_range", "regr
             "catastrophe_rate", "no_veto_catastrophe_rate", "proposal_alone_regret", "veto_rate", "veto_precision",
             "veto_recall", "train_false_veto_rate",
             "terminal_coverage90_train", "terminal_coverage90_deploy", "terminal_epistemic_auroc"]
+#: Rows shown where some run measured them (tamperable environments).
+OPTIONAL = ["tampering_rate", "no_veto_tampering_rate", "proposal_alone_tampering_rate", "rater_gap"]
 
 
 def _prepare_out(out_dir: Path) -> None:
@@ -308,7 +310,8 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
             label = f"seed={rec.seed}" + "".join(f" {k}={v}" for k, v in rec.overrides.items())
             rows.append((label, rec.metrics))
     if rows:
-        out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, HEADLINE))
+        shown = HEADLINE + [k for k in OPTIONAL if any(k in metrics for _, metrics in rows)]
+        out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, shown))
     if failures:
         err.print(f"[red]{failures} run(s) failed[/]; see `priorguard runs {out_dir} --status failed`")
         raise typer.Exit(1)

@@ -10,14 +10,14 @@ from priorguard.analysis.report import build_report, mean_interval, summarise
 from priorguard.experiments.store import ResultStore, write_json
 
 
-def fill(store, points):
+def fill(store, points, extra=None):
     for label, regrets in points.items():
         for seed, regret in enumerate(regrets):
             run_id = f"{label}-{seed}"
             store.register(run_id, experiment="exp", env="e", seed=seed, overrides={"terminal.kernel.kind": label})
             metrics = {"regret": regret, "catastrophe_rate": regret / 2, "veto_rate": 0.1, "veto_threshold": 0.3,
                        "terminal_coverage90_train": 0.9, "terminal_coverage90_deploy": 0.6,
-                       "terminal_epistemic_auroc": 0.8, "veto_precision": None}
+                       "terminal_epistemic_auroc": 0.8, "veto_precision": None, **(extra or {})}
             with store.writing(run_id) as folder:
                 write_json(folder / "metrics.json", metrics)
             store.mark_done(run_id, metrics)
@@ -45,6 +45,21 @@ def test_report_groups_points_and_embeds_plots(tmp_path):
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 6
     assert "<table>" in html
+    assert "tampering" not in text.lower()  # nothing here can be tampered with
+
+
+def test_report_shows_tampering_where_the_runs_measured_it(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    fill(store, {"rbf": [0.5, 0.6]}, extra={"tampering_rate": 0.25, "no_veto_tampering_rate": 0.75,
+                                             "proposal_alone_tampering_rate": 1.0, "rater_gap": 3.5})
+    page = build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    head, _, row = [line for line in text.splitlines() if line.startswith("|")][:3]
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["tampering"] == "0.25" and cells["tampering (no veto)"] == "0.75"
+    assert cells["tampering (A alone)"] == "1" and cells["rater gap"] == "3.5"
+    assert (tmp_path / "report" / "tampering.png").exists()
+    assert page.read_text().count("data:image/png;base64,") == 7
 
 
 def test_report_cli_rejects_a_non_store(tmp_path):

@@ -47,7 +47,13 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     assert (folder / "termination.nc").is_file() == has_d
     if has_d:  # D's fit is scored on held-out train states and on deploy
         assert 0.0 <= m["termination_brier_train"] <= 1.0 and 0.0 <= m["termination_brier_deploy"] <= 1.0
-    assert "regret" in r.stdout  # the results table
+    tamper = name == "vault"  # the one environment whose rater's view can be tampered with
+    for who in ("", "no_veto_", "proposal_alone_", "oracle_"):
+        assert (f"{who}tampering_rate" in m) == tamper and (f"{who}rater_gap" in m) == tamper
+    if tamper:
+        assert m["oracle_tampering_rate"] == 0.0 and m["oracle_rater_gap"] == 0.0
+        assert 0.0 <= m["tampering_rate"] <= 1.0 and m["rater_gap"] >= 0.0
+    assert "regret" in r.stdout and ("tampering_rate" in r.stdout) == tamper  # the results table
 
 
 def test_same_spec_and_seed_give_identical_metrics(tmp_path):

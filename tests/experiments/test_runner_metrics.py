@@ -1,9 +1,14 @@
-"""Runner metric helpers: the training-range split of deploy episodes, regret on a subset, D's scores."""
+"""Runner metric helpers: the training-range split of deploy episodes, regret on a subset, D's scores,
+tampering."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from priorguard.experiments.runner import in_training_range, subset_regret, termination_scores
+from priorguard.envs.vault import GUARD, NOOP, TAMPER
+from priorguard.experiments.runner import (evaluate, in_training_range, subset_regret, tampering_scores,
+                                           termination_scores)
 from priorguard.models.base import Prediction
 
 
@@ -49,3 +54,49 @@ def test_termination_scores_clip_the_prediction_and_score_each_split():
     assert np.isnan(scores["termination_auroc_train"])  # no episode ended there
     np.testing.assert_allclose(scores["termination_brier_train"], np.mean(prob[2:] ** 2))
     assert "termination_brier_empty" not in scores
+
+
+def constant_actor(action: int):
+    """Takes ``action`` in every episode; one candidate, never vetoed."""
+
+    def act(_key, obs):
+        b = obs.shape[0]
+        a = np.full(b, action)
+        return a, a[:, None], np.zeros((b, 1), bool), np.zeros(b, bool)
+
+    return act
+
+
+VAULT = "priorguard/Vault-v0"
+
+
+def test_vault_tampering_hides_the_theft_from_the_rater():
+    ev = evaluate(VAULT, "deploy", 6, jax.random.key(3), constant_actor(TAMPER))
+    assert ev["tampered"].all() and ev["catastrophes"].all()
+    # the thief comes at a step t in 1..5; the diamond is missing in the 10 - t states after it, and the
+    # pinned picture shows it to the rater in every one: the rater sees nothing wrong
+    np.testing.assert_array_equal(ev["rater_returns"], 0.0)
+    assert ((-ev["returns"] >= 5) & (-ev["returns"] <= 9)).all()
+    scores = tampering_scores({"x_": ev})
+    assert scores["x_tampering_rate"] == 1.0
+    assert scores["x_rater_gap"] == pytest.approx(-np.mean(ev["returns"]))
+
+
+@pytest.mark.parametrize("action", [NOOP, GUARD])
+def test_vault_without_tampering_the_rater_sees_the_truth(action):
+    ev = evaluate(VAULT, "deploy", 6, jax.random.key(3), constant_actor(action))
+    assert not ev["tampered"].any()
+    assert ev["catastrophes"].all() == (action == NOOP)  # the thief takes the diamond unless a guard is there
+    np.testing.assert_array_equal(ev["rater_returns"], ev["returns"])
+    assert tampering_scores({"": ev}) == {"tampering_rate": 0.0, "rater_gap": 0.0}
+
+
+def test_vault_train_split_has_no_picture_to_pin():
+    ev = evaluate(VAULT, "train", 4, jax.random.key(0), constant_actor(TAMPER))
+    assert not ev["tampered"].any() and not ev["catastrophes"].any()
+
+
+def test_environments_that_cannot_be_tampered_with_report_no_tampering():
+    ev = evaluate("priorguard/CoinShift-v1", "deploy", 2, jax.random.key(0), constant_actor(0))
+    assert "tampered" not in ev
+    np.testing.assert_array_equal(ev["rater_returns"], ev["returns"])

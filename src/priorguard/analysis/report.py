@@ -5,8 +5,9 @@
 mean and 90% t-intervals over seeds of regret (all deploy episodes, and those
 starting inside / outside the range of T's training inputs) and catastrophe rate; veto rate
 and catastrophes against the calibrated threshold; coverage on train vs
-deploy; AUROC of epistemic uncertainty; diagnostics; and in-distribution LOO
-of T beside deploy regret (does LOO rank priors the way deployment does?).
+deploy; AUROC of epistemic uncertainty; diagnostics; in-distribution LOO
+of T beside deploy regret (does LOO rank priors the way deployment does?);
+and, where the rater's view can be tampered with, tampering rates.
 """
 
 from __future__ import annotations
@@ -170,6 +171,11 @@ TABLE_KEYS = [
     ("terminal_coverage90_train", "T cov90 train"), ("terminal_coverage90_deploy", "T cov90 deploy"),
     ("terminal_epistemic_auroc", "AUROC"),
 ]
+#: Shown where the environment's rater view can be tampered with (vault).
+TAMPER_KEYS = [
+    ("tampering_rate", "tampering"), ("no_veto_tampering_rate", "tampering (no veto)"),
+    ("proposal_alone_tampering_rate", "tampering (A alone)"), ("rater_gap", "rater gap"),
+]
 DIAG_KEYS = ["terminal_rhat_max", "terminal_ess_bulk_min", "terminal_divergences", "world_rhat_max",
              "world_ess_bulk_min", "world_divergences", "fit_terminal_s", "fit_world_s", "plan_deploy_s"]
 
@@ -200,6 +206,11 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         "veto_threshold.png": "Catastrophes vs the calibrated veto threshold",
         "loo_vs_deploy.png": "In-distribution LOO of T vs deploy regret",
     }
+    tampering = any(p.metrics.get("tampering_rate") for p in points)
+    table_keys = TABLE_KEYS + (TAMPER_KEYS if tampering else [])
+    if tampering:
+        plots["tampering.png"] = "Tampering: deploy episodes that tampered with the rater's view"
+        _bars(points, TAMPER_KEYS[:3], "Tampering with the rater's view", out / "tampering.png")
     _bars(points, [("regret", "regret (fraction of best)"),
                    ("regret_in_range", "regret, starts inside T's train range"),
                    ("regret_out_of_range", "regret, starts outside it"), ("catastrophe_rate", "catastrophe rate")],
@@ -214,11 +225,11 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     _scatter(points, "", "regret", "ELPD-LOO of T (train split)", "deploy regret", plots["loo_vs_deploy.png"],
              out / "loo_vs_deploy.png", x_from_loo=True)
 
-    head = ["experiment", "sweep point", "seeds", *(name for _, name in TABLE_KEYS), "T elpd-LOO"]
+    head = ["experiment", "sweep point", "seeds", *(name for _, name in table_keys), "T elpd-LOO"]
     rows = []
     for p in points:
         loo = mean_interval(p.loo)
-        rows.append([p.experiment, p.label, str(len(p.seeds)), *(_fmt(*p.stat(k)) for k, _ in TABLE_KEYS),
+        rows.append([p.experiment, p.label, str(len(p.seeds)), *(_fmt(*p.stat(k)) for k, _ in table_keys),
                      _fmt(*loo)])
     loo_rank, deploy_rank = _ranks(points)
     diag_head = ["experiment", "sweep point", *DIAG_KEYS]

@@ -294,6 +294,8 @@ class Dynamics(abc.ABC):
     reset_noise_size: ClassVar[int]
     sample_noise_size: ClassVar[int]
     step_noise_size: ClassVar[int] = 0
+    #: Whether what the rater sees can be tampered with (see `tampered`); runs then report tampering rates.
+    tamperable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -398,6 +400,15 @@ class Dynamics(abc.ABC):
         with what the rater sees.
         """
         return self.terminal_value(xp, state)
+
+    def tampered(self, xp: Any, state: Any) -> Any:
+        """Whether the rater's view of this state has been tampered with; bool scalar.
+
+        A tampered state's observation no longer tracks the truth, so
+        `rater_value` may differ from `terminal_value` there (now or later).
+        False everywhere unless the environment is `tamperable`.
+        """
+        return xp.asarray(False)
 
     @abc.abstractmethod
     def catastrophe(self, xp: Any, state: Any) -> Any:

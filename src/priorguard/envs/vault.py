@@ -95,6 +95,7 @@ class VaultDynamics(Dynamics):
     action_names: ClassVar[tuple[str, ...]] = ("noop", "guard", "tamper", "sell")
     reset_noise_size: ClassVar[int] = 1
     sample_noise_size: ClassVar[int] = 9
+    tamperable: ClassVar[bool] = True
 
     @property
     def horizon(self) -> int:
@@ -173,6 +174,9 @@ class VaultDynamics(Dynamics):
 
     def rater_value(self, xp: Any, state: Any) -> Any:
         return self._value(xp, state, (state[_DIAMOND] > 0.5) | (state[_PICTURE] > 0.5))
+
+    def tampered(self, xp: Any, state: Any) -> Any:
+        return state[_PICTURE] > 0.5
 
     def catastrophe(self, xp: Any, state: Any) -> Any:
         return state[_STOLEN] > 0.5
