@@ -91,6 +91,7 @@ __all__ = [
     "condition_gp",
     "fit_exact_gp",
     "fit_gp",
+    "leave_one_state_out",
 ]
 
 #: Box on unconstrained hyperparameters during L-BFGS-B (e^15 ~ 3e6).
@@ -313,7 +314,8 @@ def _has_white(tree: backend.KernelTree) -> bool:
     return tree.kind == "white"
 
 
-def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, GroupedTargets] | None:
+def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray, *,
+                          always: bool = False) -> tuple[np.ndarray, GroupedTargets] | None:
     """The data as unique inputs and :class:`GroupedTargets`, or None when grouping does not pay.
 
     The unique inputs are padded (with copies of the first, ``counts = 0``) to a
@@ -325,6 +327,7 @@ def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray) -> t
         program: the model (its kernel decides whether grouping is exact).
         x: ``[N, D]`` model inputs.
         y: ``[N, O]`` model targets.
+        always: group even when it does not pay (for scores per unique input).
 
     Returns:
         ``(x_unique [U', D], GroupedTargets with [U'] counts and [U', O] mean and scatter)``.
@@ -334,7 +337,7 @@ def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray) -> t
     uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
     u = uniq.shape[0]
     size = shape_bucket(u, direction="up")
-    if size > GROUP_FRACTION * x.shape[0]:
+    if size > GROUP_FRACTION * x.shape[0] and not always:
         return None
     inverse = inverse.reshape(-1)
     n = np.zeros(size)
@@ -1012,6 +1015,100 @@ def _loo_from_theta(program: GPProgram) -> Any:
     return cached_program(("gp/loo_samples", program), build)
 
 
+def _loso_one(program: GPProgram, theta: Mapping[str, Array], xu: Array, counts: Array, ybar: Array,
+              scatter: Array) -> tuple[Array, Array]:
+    """Leave-one-state-out log densities of one sample and output (model units), ``([U], [U])``.
+
+    The GP on the group averages (noise ``s^2 / n_u``, see :func:`log_likelihood`)
+    gives, by the exact LOO identities, the mean and variance of ``ybar_u``
+    given every other unique input's targets. Returns the log density of
+    ``ybar_u`` and that of all the group's targets (the first plus the
+    within-group term); 0 on padding rows.
+    """
+    present = counts > 0
+    n = jnp.where(present, counts, 1.0)
+    noise2 = theta[program.noise.site] ** 2
+    k = backend.gram(program.kernel, theta, xu, xu, same=True) + jnp.diag(noise2 / n)
+    k = jnp.where(present[:, None] & present[None, :], k, jnp.eye(k.shape[0], dtype=k.dtype))
+    chol, _ = backend.cholesky_with_jitter(k)
+    alpha = jax.scipy.linalg.cho_solve((chol, True), jnp.where(present, ybar - backend.mean_value(program, theta), 0.0))
+    resid, var = _exact_loo_one(chol, alpha)
+    lp_mean = -0.5 * (jnp.log(2 * jnp.pi * var) + resid**2 / var)
+    within = -0.5 * (n - 1.0) * (math.log(2.0 * math.pi) + jnp.log(noise2)) - 0.5 * jnp.log(n) - scatter / (2.0 * noise2)
+    return jnp.where(present, lp_mean, 0.0), jnp.where(present, lp_mean + within, 0.0)
+
+
+def _loso_from_theta(program: GPProgram) -> Any:
+    """Compiled ``(theta [K, O, ...], x_unique, counts, mean, scatter, y_scale) -> ([K, U], [K, U])``."""
+    program = program.anonymous()
+
+    def build() -> Any:
+        def run(theta: Mapping[str, Array], xu: Array, counts: Array, ybar: Array, scatter: Array,
+                y_scale: Array) -> tuple[Array, Array]:
+            count_trace("gp/loso")
+            k, o = theta[program.noise.site].shape[:2]
+            flat = jax.tree_util.tree_map(lambda a: a.reshape(k * o, *a.shape[2:]), dict(theta))
+            lp_mean, lp_group = backend.map_unbatched(
+                lambda th, yb, sc: _loso_one(program, th, xu, counts, yb, sc), flat,
+                jnp.tile(ybar.T, (k, 1)), jnp.tile(scatter.T, (k, 1)))
+            # ybar_u's density in raw units; the group's (importance weights only) stays in model
+            # units: the Jacobian is the same for every draw and cancels when the weights are normalised
+            lp_mean = lp_mean.reshape(k, o, -1) - jnp.log(y_scale)[None, :, None]
+            return jnp.sum(lp_mean, axis=1), jnp.sum(lp_group.reshape(k, o, -1), axis=1)
+
+        return jax.jit(run)
+
+    return cached_program(("gp/loso", program), build)
+
+
+def leave_one_state_out(state: ExactGPState, theta: Mapping[str, Array] | None = None) -> dict[str, Any] | None:
+    """Leave-one-state-out predictive densities of an exact GP: cross-validation across inputs.
+
+    Data gathered by acting in an environment visit the same states many times,
+    so leaving out one *observation* leaves its copies in, and per-observation
+    LOO measures little more than the fit. Leaving out every observation of one
+    unique input (a state, for T) asks how well the GP predicts a state it has
+    not seen from the others: ``log p(ybar_u | y_-u)``, the density of the
+    state's average target. It is exact given the hyperparameters (the GP on
+    group averages, :func:`log_likelihood`); with several hyperparameter draws
+    (NUTS) they are integrated by Pareto-smoothed importance sampling, with
+    weights ``1 / p(y_u | y_-u, theta)`` from the whole group's density.
+
+    Args:
+        state: the fitted GP.
+        theta: ``[K, O, ...]`` hyperparameter draws (default: ``state.theta``, equally weighted).
+
+    Returns:
+        ``{"elpd": sum over states, "pointwise": [U] (raw units, outputs summed),
+        "states": U, "pareto_k_max": (NUTS) the largest Pareto k}``, or None for
+        kernels with a white-noise term (their noise is per observation, not per input).
+    """
+    grouped = group_repeated_inputs(state.program, np.asarray(state.x), np.asarray(state.y), always=True)
+    if grouped is None:
+        return None
+    xu, g = grouped
+    theta = state.theta if theta is None else theta
+    lp_mean, lp_group = _loso_from_theta(state.program)(
+        dict(theta), jnp.asarray(xu), jnp.asarray(g.counts), jnp.asarray(g.mean), jnp.asarray(g.scatter),
+        state.y_scale)
+    present = np.asarray(g.counts) > 0
+    lp_mean, lp_group = np.asarray(lp_mean)[:, present], np.asarray(lp_group)[:, present]
+    out: dict[str, Any] = {"states": int(present.sum())}
+    if lp_mean.shape[0] == 1:
+        pointwise = lp_mean[0]
+    else:
+        from arviz_stats.base.array import array_stats
+        from scipy.special import logsumexp
+
+        log_w, khat = array_stats.psislw(-lp_group.T, axis=-1)  # [U, K]
+        log_w = log_w - logsumexp(log_w, axis=-1, keepdims=True)
+        pointwise = logsumexp(log_w + lp_mean.T, axis=-1)
+        out["pareto_k_max"] = float(np.max(khat))
+    out["pointwise"] = pointwise
+    out["elpd"] = float(np.sum(pointwise))
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # Fitting entry points
 # --------------------------------------------------------------------------------------
@@ -1351,7 +1448,9 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     leave-one-out predictive density with the hyperparameters integrated.
     Its ``chain`` and ``draw`` match ``posterior``. With one draw (MAP)
     ``az.loo`` cannot run; the exact LOO ``elpd`` is then in the attribute
-    ``elpd_loo_exact``.
+    ``elpd_loo_exact``. The attributes ``elpd_loso`` and ``loso_states`` hold
+    the leave-one-state-out score (:func:`leave_one_state_out`; absent for
+    kernels with white noise), and for NUTS ``loso_pareto_k_max``.
     ``posterior_predictive`` holds ``ppc_draws`` replicated datasets at the
     training inputs (joint over points: function draw plus noise).
     Variable names are site names with ``/`` written ``.``.
@@ -1388,5 +1487,11 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
                      "kernel": st.program.describe(), "jitter": post.jitter})
     if record.method != "nuts":
         dt.attrs["elpd_loo_exact"] = float(np.sum(loo))
+    loso = leave_one_state_out(st, theta if record.method == "nuts" else None)
+    if loso is not None:
+        dt.attrs["elpd_loso"] = loso["elpd"]
+        dt.attrs["loso_states"] = loso["states"]
+        if "pareto_k_max" in loso:
+            dt.attrs["loso_pareto_k_max"] = loso["pareto_k_max"]
     return dt
 
