@@ -48,6 +48,17 @@ def test_report_groups_points_and_embeds_plots(tmp_path):
     assert "tampering" not in text.lower()  # nothing here can be tampered with
 
 
+def test_report_names_a_tie_on_deploy(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    fill(store, {"rbf": [0.5, 0.6], "matern52": [0.5, 0.6], "linear": [0.9, 0.9]})
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    a, b = "exp: kernel.kind=rbf", "exp: kernel.kind=matern52"
+    assert (f"Best on deploy (lowest regret): {a} (tied with {b})." in text
+            or f"Best on deploy (lowest regret): {b} (tied with {a})." in text)
+    assert "linear (tied" not in text and "tied with exp: kernel.kind=linear" not in text
+
+
 def test_report_shows_tampering_where_the_runs_measured_it(tmp_path):
     store = ResultStore(tmp_path / "store")
     fill(store, {"rbf": [0.5, 0.6]}, extra={"tampering_rate": 0.25, "no_veto_tampering_rate": 0.75,
@@ -103,12 +114,50 @@ def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
                 write_json(folder / "metrics.json", metrics)
             store.mark_done(run_id, metrics)
     points = {p.label: p for p in summarise(store)}
-    good, bad = points["terminal.features=['x0']"].loo, points["terminal.features=['x1']"].loo
-    assert np.all(np.isfinite(good + bad)) and min(good) > max(bad)
+    good, bad = points["terminal.features=['x0']"], points["terminal.features=['x1']"]
+    assert np.all(np.isfinite(good.loo + bad.loo)) and min(good.loo) > max(bad.loo)
+    # every input is unique here, so leaving out a state is leaving out an observation
+    np.testing.assert_allclose(good.loso + bad.loso, good.loo + bad.loo, rtol=1e-9)
     build_report(store.root, tmp_path / "report")
     text = (tmp_path / "report" / "index.md").read_text()
-    assert "Best by in-distribution LOO: exp: terminal.features=['x0']" in text
-    assert "LOO does not separate them" not in text  # x0's LOO is far above x1's on every seed
+    assert "Best by in-distribution LOSO: exp: terminal.features=['x0']" in text
+    assert "LOSO does not separate them" not in text  # x0's score is far above x1's on every seed
+
+
+def test_report_ranks_by_leaving_out_states_where_leaving_out_observations_cannot(tmp_path):
+    """Six states visited 30 times each, labels exact: a feature that only names the states fits them as
+    well as the one that explains them (LOO cannot tell), but cannot predict a state it has not seen."""
+    import jax
+
+    from priorguard.analysis.diagnostics import write_datatree
+    from priorguard.models.base import as_data
+    from priorguard.models.gp import fit_gp
+
+    rng = np.random.default_rng(1)
+    smooth = np.linspace(0.0, 1.0, 6)
+    ident = rng.permutation(6) / 5.0  # a state's name: unrelated to its label
+    x = np.repeat(np.stack([smooth, ident], axis=1), 30, axis=0)
+    y = np.sin(3.0 * x[:, :1])
+    spec = {"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map"},
+            "noise": {"dist": "HalfNormal", "scale": 0.01}}
+    store = ResultStore(tmp_path / "store")
+    for col, regret in ((0, 0.2), (1, 0.8)):
+        for seed in (0, 1):
+            run_id = f"col{col}-{seed}"
+            store.register(run_id, experiment="exp", env="e", seed=seed, overrides={"terminal.features": [f"x{col}"]})
+            post = fit_gp(spec, as_data(x[:, col:col + 1], y), key=jax.random.key(seed))
+            with store.writing(run_id) as folder:
+                write_datatree(post.to_datatree(), folder / "terminal.nc")
+                write_json(folder / "metrics.json", {"regret": regret})
+            store.mark_done(run_id, {"regret": regret})
+    points = {p.label: p for p in summarise(store)}
+    good, bad = points["terminal.features=['x0']"], points["terminal.features=['x1']"]
+    assert min(good.loso) > max(bad.loso) + 10.0
+    # per observation both look alike: the copies left in give the answer (about 2712 nats each)
+    assert abs(np.mean(good.loo) - np.mean(bad.loo)) < 1e-3 * abs(np.mean(good.loo))
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    assert "Best by in-distribution LOSO: exp: terminal.features=['x0']" in text
 
 
 def test_report_says_when_no_run_has_a_loo(tmp_path):

@@ -5,14 +5,16 @@
 mean and 90% t-intervals over seeds of regret (all deploy episodes, and those
 starting inside / outside the range of T's training inputs) and catastrophe rate; veto rate
 and catastrophes against the calibrated threshold; coverage on train vs
-deploy; AUROC of epistemic uncertainty; diagnostics; in-distribution LOO
-of T beside deploy regret (does LOO rank priors the way deployment does?);
+deploy; AUROC of epistemic uncertainty; diagnostics; in-distribution
+cross-validation of T (leave one observation out, and leave one state out)
+beside deploy regret (does it rank priors the way deployment does?);
 and, where the rater's view can be tampered with, tampering rates.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -38,6 +40,7 @@ class PointSummary:
     seeds: list[int]
     metrics: dict[str, list[float]]
     loo: list[float]
+    loso: list[float] = dataclasses.field(default_factory=list)
 
     def stat(self, key: str) -> tuple[float, float, float]:
         """Mean and 90% t-interval over seeds (NaNs dropped)."""
@@ -79,25 +82,31 @@ def _label(overrides: dict[str, Any]) -> str:
     return ", ".join(items) or "base"
 
 
-def _terminal_loo(run_dir: Path) -> float:
+def _terminal_loo(run_dir: Path) -> tuple[float, float]:
+    """T's in-distribution ``(elpd-LOO, elpd-LOSO)`` from ``terminal.nc``; NaN where missing."""
+    nan = float("nan")
     path = run_dir / "terminal.nc"
     if not path.exists():
-        return float("nan")
+        return nan, nan
     try:
         import arviz as az
 
         from priorguard.analysis.diagnostics import read_datatree
 
         dt = read_datatree(path)
-        if "elpd_loo_exact" in dt.attrs:  # one draw (MAP, fixed hyperparameters): PSIS cannot run
-            return float(dt.attrs["elpd_loo_exact"])
-        if "log_likelihood" not in dt.children:
-            return float("nan")
+    except Exception:  # a file ArviZ cannot read: reported as missing
+        return nan, nan
+    loso = float(dt.attrs.get("elpd_loso", nan))  # exact GPs: leave one state out
+    if "elpd_loo_exact" in dt.attrs:  # one draw (MAP, fixed hyperparameters): PSIS cannot run
+        return float(dt.attrs["elpd_loo_exact"]), loso
+    if "log_likelihood" not in dt.children:
+        return nan, loso
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(az.loo(dt).elpd)
+            return float(az.loo(dt).elpd), loso
     except Exception:  # a posterior ArviZ cannot score: reported as missing
-        return float("nan")
+        return nan, loso
 
 
 def summarise(store: ResultStore) -> list[PointSummary]:
@@ -113,7 +122,9 @@ def summarise(store: ResultStore) -> list[PointSummary]:
                 point.metrics[k].append(float(v))
             elif v is None:
                 point.metrics[k].append(float("nan"))
-        point.loo.append(_terminal_loo(store.run_dir(rec.run_id)))
+        loo, loso = _terminal_loo(store.run_dir(rec.run_id))
+        point.loo.append(loo)
+        point.loso.append(loso)
     return list(groups.values())
 
 
@@ -144,11 +155,12 @@ def _bars(points: list[PointSummary], keys: list[tuple[str, str]], title: str, p
 
 
 def _scatter(points: list[PointSummary], xkey: str, ykey: str, xlabel: str, ylabel: str, title: str,
-             path: Path, *, x_from_loo: bool = False) -> None:
+             path: Path, *, x_values: list[list[float]] | None = None) -> None:
+    """Per-seed points; x from metric ``xkey``, or ``x_values`` (one list per point)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for p in points:
-        xs = p.loo if x_from_loo else p.metrics.get(xkey, [])
+    for j, p in enumerate(points):
+        xs = x_values[j] if x_values is not None else p.metrics.get(xkey, [])
         ys = p.metrics.get(ykey, [])
         n = min(len(xs), len(ys))
         ax.scatter(xs[:n], ys[:n], label=f"{p.experiment}: {p.label}", s=18)
@@ -204,8 +216,9 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         "coverage.png": "Calibration of T: 90% interval coverage, train vs deploy",
         "auroc.png": "Epistemic uncertainty: AUROC for deploy vs train states",
         "veto_threshold.png": "Catastrophes vs the calibrated veto threshold",
-        "loo_vs_deploy.png": "In-distribution LOO of T vs deploy regret",
+        "loo_vs_deploy.png": "In-distribution cross-validation of T vs deploy regret",
     }
+    cv_name, cv = _cv(points)
     tampering = any(p.metrics.get("tampering_rate") for p in points)
     table_keys = TABLE_KEYS + (TAMPER_KEYS if tampering else [])
     if tampering:
@@ -222,24 +235,23 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     _bars(points, [("terminal_epistemic_auroc", "AUROC")], "Epistemic AUROC", out / "auroc.png")
     _scatter(points, "veto_threshold", "catastrophe_rate", "calibrated epistemic-std threshold",
              "catastrophe rate", plots["veto_threshold.png"], out / "veto_threshold.png")
-    _scatter(points, "", "regret", "ELPD-LOO of T (train split)", "deploy regret", plots["loo_vs_deploy.png"],
-             out / "loo_vs_deploy.png", x_from_loo=True)
+    _scatter(points, "", "regret", f"elpd-{cv_name} of T (train split)", "deploy regret", plots["loo_vs_deploy.png"],
+             out / "loo_vs_deploy.png", x_values=cv)
 
-    head = ["experiment", "sweep point", "seeds", *(name for _, name in table_keys), "T elpd-LOO"]
+    head = ["experiment", "sweep point", "seeds", *(name for _, name in table_keys), "T elpd-LOO", "T elpd-LOSO"]
     rows = []
     for p in points:
-        loo = mean_interval(p.loo)
         rows.append([p.experiment, p.label, str(len(p.seeds)), *(_fmt(*p.stat(k)) for k, _ in table_keys),
-                     _fmt(*loo)])
-    loo_rank, deploy_rank = _ranks(points)
+                     _fmt(*mean_interval(p.loo)), _fmt(*mean_interval(p.loso))])
+    loo_rank, deploy_rank = _ranks(points, cv)
     diag_head = ["experiment", "sweep point", *DIAG_KEYS]
     diag_rows = [[p.experiment, p.label, *(_fmt(*p.stat(k)) for k in DIAG_KEYS)] for p in points]
 
     md = [f"# priorguard report: {store_dir}", "",
           f"{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
           "Intervals are 90% Student-t intervals over seeds.", "", "## Metrics", "",
-          _md_table(head, rows), "", "## Does in-distribution LOO rank priors the way deployment does?", "",
-          _rank_sentence(points, loo_rank, deploy_rank), "", "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
+          _md_table(head, rows), "", "## Does in-distribution cross-validation rank priors the way deployment does?",
+          "", CV_NOTE, "", _rank_sentence(points, loo_rank, deploy_rank, cv, cv_name), "", "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
     for name, title in plots.items():
         md += [f"## {title}", "", f"![{title}]({name})", ""]
     (out / "index.md").write_text("\n".join(md), encoding="utf-8")
@@ -247,8 +259,9 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     body = [f"<h1>priorguard report: {html.escape(str(store_dir))}</h1>",
             f"<p>{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
             "Intervals are 90% Student-t intervals over seeds.</p>", "<h2>Metrics</h2>", _html_table(head, rows),
-            "<h2>Does in-distribution LOO rank priors the way deployment does?</h2>",
-            f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank))}</p>",
+            "<h2>Does in-distribution cross-validation rank priors the way deployment does?</h2>",
+            f"<p>{html.escape(CV_NOTE)}</p>",
+            f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank, cv, cv_name))}</p>",
             "<h2>Diagnostics</h2>", _html_table(diag_head, diag_rows)]
     for name, title in plots.items():
         data = base64.b64encode((out / name).read_bytes()).decode()
@@ -261,38 +274,58 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     return out / "index.html"
 
 
-def _ranks(points: list[PointSummary]) -> tuple[list[int], list[int]]:
-    loo = [mean_interval(p.loo)[0] for p in points]
+CV_NOTE = ("elpd-LOO leaves out one observation; elpd-LOSO leaves out every observation of one state and scores "
+           "T's prediction of that state's average label from the others (exact GPs). Data gathered by acting "
+           "visit the same states many times, so LOO keeps a held-out label's copies and measures little beyond "
+           "the fit; LOSO asks how T generalises to a state it has not seen. Priors are ranked by LOSO where "
+           "every scored run has it, else by LOO.")
+
+
+def _cv(points: list[PointSummary]) -> tuple[str, list[list[float]]]:
+    """The cross-validation score that ranks the points: LOSO where every run with a LOO has one."""
+    has_loo = [math.isfinite(v) for p in points for v in p.loo]
+    has_loso = [math.isfinite(v) for p in points for v in p.loso]
+    if any(has_loso) and all(b for a, b in zip(has_loo, has_loso) if a):
+        return "LOSO", [p.loso for p in points]
+    return "LOO", [p.loo for p in points]
+
+
+def _ranks(points: list[PointSummary], cv: list[list[float]]) -> tuple[list[int], list[int]]:
+    loo = [mean_interval(v)[0] for v in cv]
     regret = [p.stat("regret")[0] for p in points]
     order_loo = sorted(range(len(points)), key=lambda i: -loo[i] if math.isfinite(loo[i]) else math.inf)
     order_dep = sorted(range(len(points)), key=lambda i: regret[i] if math.isfinite(regret[i]) else math.inf)
     return order_loo, order_dep
 
 
-def _rank_sentence(points: list[PointSummary], loo_rank: list[int], deploy_rank: list[int]) -> str:
+def _rank_sentence(points: list[PointSummary], loo_rank: list[int], deploy_rank: list[int],
+                   cv: list[list[float]], name: str) -> str:
     if len(points) < 2:
         return "One sweep point: nothing to rank."
     from scipy.stats import spearmanr
 
-    loo = [mean_interval(p.loo)[0] for p in points]
+    loo = [mean_interval(v)[0] for v in cv]
     regret = [p.stat("regret")[0] for p in points]
     ok = [i for i in range(len(points)) if math.isfinite(loo[i]) and math.isfinite(regret[i])]
     best_dep = f"{points[deploy_rank[0]].experiment}: {points[deploy_rank[0]].label}"
+    tied = [points[i] for i in deploy_rank[1:] if regret[i] == regret[deploy_rank[0]]]
+    if tied:
+        best_dep += " (tied with " + ", ".join(f"{p.experiment}: {p.label}" for p in tied) + ")"
     if not any(math.isfinite(v) for v in loo):
         return (f"No run has an in-distribution LOO of T (no terminal.nc ArviZ can score), so LOO ranks"
                 f" nothing. Best on deploy (lowest regret): {best_dep}.")
     best_loo = f"{points[loo_rank[0]].experiment}: {points[loo_rank[0]].label}"
-    text = f"Best by in-distribution LOO: {best_loo}"
+    text = f"Best by in-distribution {name}: {best_loo}"
     finite = [i for i in loo_rank if math.isfinite(loo[i])]
     if len(finite) >= 2:
-        _, lo_best, _ = mean_interval(points[finite[0]].loo)
-        _, _, hi_next = mean_interval(points[finite[1]].loo)
+        _, lo_best, _ = mean_interval(cv[finite[0]])
+        _, _, hi_next = mean_interval(cv[finite[1]])
         if not lo_best > hi_next:  # a NaN bound (one seed) counts as overlapping
-            text += " (its interval over seeds overlaps the next one's: LOO does not separate them)"
+            text += f" (its interval over seeds overlaps the next one's: {name} does not separate them)"
     text += f". Best on deploy (lowest regret): {best_dep}."
     if len(ok) >= 3:
         rho = spearmanr([-loo[i] for i in ok], [regret[i] for i in ok]).statistic
-        text += f" Spearman correlation of LOO rank and deploy rank: {rho:.2f}."
+        text += f" Spearman correlation of {name} rank and deploy rank: {rho:.2f}."
     return text
 
 
