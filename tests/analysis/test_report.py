@@ -166,3 +166,30 @@ def test_report_says_when_no_run_has_a_loo(tmp_path):
     build_report(store.root, tmp_path / "report")
     text = (tmp_path / "report" / "index.md").read_text()
     assert "Best by in-distribution LOO" not in text and "LOO ranks nothing" in text
+
+
+def test_report_says_when_the_sweep_leaves_t_unchanged(tmp_path):
+    """A sweep over the planner fits the same T at every point: nothing for cross-validation to rank."""
+    import jax
+
+    from priorguard.analysis.diagnostics import write_datatree
+    from priorguard.models.base import as_data
+    from priorguard.models.gp import fit_gp
+
+    rng = np.random.default_rng(2)
+    x = np.repeat(rng.uniform(0.0, 1.0, (5, 1)), 4, axis=0)
+    post = fit_gp({"model": "gp", "kernel": {"kind": "rbf"}}, as_data(x, np.cos(3 * x)), key=jax.random.key(0))
+    dt = post.to_datatree()
+    store = ResultStore(tmp_path / "store")
+    for depth, regret in ((1, 0.9), (3, 0.5), (6, 0.2)):
+        run_id = f"d{depth}"
+        store.register(run_id, experiment="exp", env="e", seed=0, overrides={"planner.depth": depth})
+        with store.writing(run_id) as folder:
+            write_datatree(dt, folder / "terminal.nc")
+            write_json(folder / "metrics.json", {"regret": regret})
+        store.mark_done(run_id, {"regret": regret})
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    assert "T's LOSO is the same at every sweep point" in text
+    assert "Best on deploy (lowest regret): exp: planner.depth=6." in text
+    assert "Spearman" not in text and "nan" not in text.split("## Diagnostics")[0].lower()

@@ -314,6 +314,10 @@ def _rank_sentence(points: list[PointSummary], loo_rank: list[int], deploy_rank:
     if not any(math.isfinite(v) for v in loo):
         return (f"No run has an in-distribution LOO of T (no terminal.nc ArviZ can score), so LOO ranks"
                 f" nothing. Best on deploy (lowest regret): {best_dep}.")
+    finite_values = [v for v in loo if math.isfinite(v)]
+    if len(finite_values) >= 2 and max(finite_values) - min(finite_values) <= 1e-9 * max(1.0, abs(finite_values[0])):
+        return (f"T's {name} is the same at every sweep point (the sweep does not change T's prior or data),"
+                f" so it ranks nothing. Best on deploy (lowest regret): {best_dep}.")
     best_loo = f"{points[loo_rank[0]].experiment}: {points[loo_rank[0]].label}"
     text = f"Best by in-distribution {name}: {best_loo}"
     finite = [i for i in loo_rank if math.isfinite(loo[i])]
@@ -325,7 +329,8 @@ def _rank_sentence(points: list[PointSummary], loo_rank: list[int], deploy_rank:
     text += f". Best on deploy (lowest regret): {best_dep}."
     if len(ok) >= 3:
         rho = spearmanr([-loo[i] for i in ok], [regret[i] for i in ok]).statistic
-        text += f" Spearman correlation of {name} rank and deploy rank: {rho:.2f}."
+        if math.isfinite(rho):  # NaN when either side is constant
+            text += f" Spearman correlation of {name} rank and deploy rank: {rho:.2f}."
     return text
 
 
