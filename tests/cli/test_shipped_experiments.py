@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_sizes import tiny_args
 
@@ -54,6 +55,25 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
         assert m["oracle_tampering_rate"] == 0.0 and m["oracle_rater_gap"] == 0.0
         assert 0.0 <= m["tampering_rate"] <= 1.0 and m["rater_gap"] >= 0.0
     assert "regret" in r.stdout and ("tampering_rate" in r.stdout) == tamper  # the results table
+
+
+def test_instrumental_by_fitted_value_iteration_runs_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path), "--seed",
+                        "0", *tiny_args("coin-shift", "instrumental.targets=fvi")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder, m = metrics_of(tmp_path)
+    assert 'targets = "fvi"' in (folder / "spec.toml").read_text()
+    # I's regression targets (its observed data) are one-step backups, not the Monte-Carlo returns
+    from priorguard.analysis.diagnostics import read_datatree
+
+    mc = tmp_path / "mc"
+    assert run_cli("coin-shift", mc).returncode == 0
+    mc_folder, _ = metrics_of(mc)
+    assert mc_folder.name != folder.name  # a different spec, a different run id
+    y_fvi, y_mc = (np.asarray(read_datatree(f / "instrumental.nc")["observed_data"]["instrumental.y"])
+                   for f in (folder, mc_folder))
+    assert y_fvi.shape == y_mc.shape and np.all(np.isfinite(y_fvi)) and not np.allclose(y_fvi, y_mc)
 
 
 def test_same_spec_and_seed_give_identical_metrics(tmp_path):

@@ -55,6 +55,8 @@ Progress = Callable[[str], None]
 
 # D's keys fold this into existing streams, so that specs without D keep every number they had
 _TERMINATION_STREAM = 0x7E4D
+# the fits of fitted value iteration (round k folds in _FVI_STREAM + k)
+_FVI_STREAM = 0xF710
 
 
 @dataclass
@@ -339,12 +341,22 @@ class Runner:
         states = self._train_states
         idx = _subsample(len(states), spec.data.max_points, jax.random.fold_in(k_i, 1))
         starts = jnp.asarray(states[idx], jnp.float64)
-        targets = np.asarray(mc_returns(base, proposal, params, keys["targets"], starts,
-                                        horizon=spec.instrumental.horizon, discount=spec.instrumental.discount,
-                                        rollouts=spec.instrumental.rollouts))
-        posteriors["instrumental"] = fit_role(
-            spec.instrumental, as_data(states[idx][:, icols], targets), key=k_i, role="instrumental",
-            feature_names=[self.features[c] for c in icols], feature_ranges=[self.ranges[c] for c in icols])
+        ispec = spec.instrumental
+
+        def fit_i(targets: np.ndarray, key: Any) -> Posterior:
+            return fit_role(ispec, as_data(states[idx][:, icols], targets), key=key, role="instrumental",
+                            feature_names=[self.features[c] for c in icols],
+                            feature_ranges=[self.ranges[c] for c in icols])
+
+        if ispec.targets == "fvi":
+            posteriors["instrumental"] = fitted_value_iteration(
+                base, proposal, params, keys["targets"], starts, fit=lambda y, it: fit_i(y, jax.random.fold_in(
+                    k_i, _FVI_STREAM + it)), columns=icols, iterations=ispec.horizon, discount=ispec.discount,
+                rollouts=ispec.rollouts, progress=self.progress)
+        else:
+            targets = np.asarray(mc_returns(base, proposal, params, keys["targets"], starts, horizon=ispec.horizon,
+                                            discount=ispec.discount, rollouts=ispec.rollouts))
+            posteriors["instrumental"] = fit_i(targets, k_i)
         self.timings["fit_instrumental_s"] = time.perf_counter() - t0
         models = PlanningModels(world=world, terminal=base.terminal,
                                 instrumental=self._draws(posteriors["instrumental"], jax.random.fold_in(k_i, 2)),
@@ -626,6 +638,55 @@ def _mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, st
 
     worlds = jnp.arange(rollouts) % models.num_worlds
     return jnp.mean(jax.vmap(one)(worlds, jax.random.split(key, rollouts)), axis=0)
+
+
+def fitted_value_iteration(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any, *,
+                           fit: Callable[[np.ndarray, int], Posterior], columns: Any, iterations: int,
+                           discount: float, rollouts: int,
+                           progress: Callable[[str], None] | None = None) -> Posterior:
+    """I by fitted value iteration: ``I_k(s) = E[T(s') + discount * c(s') * I_{k-1}(s')]``, ``I_0 = 0``.
+
+    The expectation is over A's action and W's next state ``s'`` from each start,
+    rollout r in world ``r mod S`` (its T and D too; ``c`` is D's continuation, 1
+    without D), estimated once from ``rollouts`` samples per start; ``I_{k-1}``
+    is the previous fit's posterior mean. After ``iterations`` rounds I looks
+    as far ahead as Monte-Carlo targets over that horizon, but each round
+    regresses on one-step backups, which generalise across states instead of
+    following long rollouts through W.
+
+    Args:
+        fit: ``(targets [N], iteration) -> Posterior`` over the starts' inputs.
+        columns: the feature columns I reads.
+
+    Returns:
+        The last round's posterior.
+    """
+    nxt, value, cont = _one_step_backups(models, proposal, params, key, starts, rollouts)
+    nxt, value, cont = np.asarray(nxt), np.asarray(value), np.asarray(cont)
+    r, n = value.shape
+    flat = jnp.asarray(nxt.reshape(r * n, -1)[:, np.asarray(columns)], jnp.float64)
+    later = np.zeros((r, n))
+    posterior = None
+    for it in range(iterations):
+        if progress is not None:
+            progress(f"fit I (fitted value iteration {it + 1}/{iterations})")
+        posterior = fit(np.mean(value + discount * cont * later, axis=0), it)
+        if it + 1 < iterations:
+            later = np.asarray(posterior.predict(flat).mean[:, 0]).reshape(r, n)
+    return posterior
+
+
+@eqx.filter_jit
+def _one_step_backups(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any,
+                      rollouts: int) -> tuple[Any, Any, Any]:
+    """``(next states [R, N, F], T there [R, N], D's continuation there [R, N])``; rollout r in world r mod S."""
+    def one(world, key):
+        action = proposal.sample(params, key, starts, 1)[:, 0]
+        nxt = models.next_state(starts, action, world)
+        return nxt, models.terminal_value(nxt, world), models.continuation(nxt, world)
+
+    worlds = jnp.arange(rollouts) % models.num_worlds
+    return jax.vmap(one)(worlds, jax.random.split(key, rollouts))
 
 
 def policy_actor(env_id: str, name: str, key: Any) -> Actor:
