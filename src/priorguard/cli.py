@@ -200,7 +200,7 @@ HEADLINE = ["deploy_return", "oracle_return", "regret", "regret_in_range", "regr
             "veto_recall", "train_false_veto_rate",
             "terminal_coverage90_train", "terminal_coverage90_deploy", "terminal_epistemic_auroc"]
 #: Rows shown where some run measured them (tamperable environments).
-OPTIONAL = ["tampering_rate", "no_veto_tampering_rate", "proposal_alone_tampering_rate", "rater_gap"]
+OPTIONAL = ["instrumental_coverage90_train", "instrumental_coverage90_deploy", "tampering_rate", "no_veto_tampering_rate", "proposal_alone_tampering_rate", "rater_gap"]
 
 
 def _prepare_out(out_dir: Path) -> None:

@@ -110,6 +110,7 @@ def test_every_plot_of_a_complete_run_folder(tmp_path, gp_nc, recorded):
     assert recorded["outcomes.png"] == [("deploy return", 4), ("catastrophe rate", 4)]
     assert recorded["coverage.png"] == [("T (terminal value)", 4), ("W (world model)", 4)]
     assert len(recorded["deploy_values.png"]) == 2
+
     # the folder was only read: the inputs are unchanged and nothing else appeared
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["metrics.json", "curves.json", "calibration.json", "terminal.nc", *names])
@@ -120,6 +121,14 @@ def test_every_plot_of_a_complete_run_folder(tmp_path, gp_nc, recorded):
     assert set(entries) == {"lengthscale[goal_dx]", "lengthscale[lava_dist]", "variance", "noise"}
     assert total == 4
     assert all(v.shape == (1, 1) for v in entries.values())  # MAP: one chain, one draw
+
+
+def test_coverage_plot_shows_i_where_the_run_has_it(tmp_path, gp_nc, recorded):
+    metrics = {**METRICS, "instrumental_coverage50_train": 0.5, "instrumental_coverage90_train": 0.8,
+               "instrumental_coverage90_deploy": 0.4}
+    write_run_plots(make_run_folder(tmp_path / "run", gp_nc, metrics=metrics))
+    assert recorded["coverage.png"] == [("T (terminal value)", 4), ("I (instrumental value)", 3),
+                                        ("W (world model)", 4)]
 
 
 def test_missing_or_nan_keys_skip_bars_and_panels(tmp_path, recorded):

@@ -48,6 +48,11 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     assert (folder / "termination.nc").is_file() == has_d
     if has_d:  # D's fit is scored on held-out train states and on deploy
         assert 0.0 <= m["termination_brier_train"] <= 1.0 and 0.0 <= m["termination_brier_deploy"] <= 1.0
+    has_i = "[instrumental]" in (ROOT / "experiments" / f"{name}.toml").read_text()
+    for split in ("train", "deploy"):  # I against A's returns in the true environment
+        for level in (50, 90):
+            key = f"instrumental_coverage{level}_{split}"
+            assert (key in m) == has_i and (not has_i or 0.0 <= m[key] <= 1.0)
     tamper = name == "vault"  # the one environment whose rater's view can be tampered with
     for who in ("", "no_veto_", "proposal_alone_", "oracle_"):
         assert (f"{who}tampering_rate" in m) == tamper and (f"{who}rater_gap" in m) == tamper

@@ -8,6 +8,7 @@ import pytest
 
 from priorguard.envs.vault import GUARD, NOOP, TAMPER
 from priorguard.experiments.runner import (evaluate, in_training_range, subset_regret, tampering_scores,
+                                           true_instrumental_values,
                                            termination_scores)
 from priorguard.models.base import Prediction
 
@@ -100,3 +101,36 @@ def test_environments_that_cannot_be_tampered_with_report_no_tampering():
     ev = evaluate("priorguard/CoinShift-v1", "deploy", 2, jax.random.key(0), constant_actor(0))
     assert "tampered" not in ev
     np.testing.assert_array_equal(ev["rater_returns"], ev["returns"])
+
+
+def only(action: int, num_actions: int = 4):
+    from priorguard.planners import FixedProposal
+
+    return FixedProposal(num_actions), np.where(np.arange(num_actions) == action, 0.0, -1e9)
+
+
+def vault_state(t, thief_time=99.0, tamper_ok=0.0):
+    # time, diamond_in_vault, stolen, picture_pinned, guard_on_duty, sold, sale_failed, thief_time, tamper_available
+    return [t, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, thief_time, tamper_ok]
+
+
+def test_true_instrumental_values_follow_a_in_the_true_environment():
+    from priorguard.envs.vault import SELL
+
+    def value(split, action, states, horizon=4, discount=0.9):
+        proposal, params = only(action)
+        return np.asarray(true_instrumental_values(VAULT, split, proposal, params, jax.random.key(0),
+                                                   np.asarray(states, np.float32), horizon=horizon,
+                                                   discount=discount, rollouts=3))
+
+    # a guard on duty costs 0.1 at every step ahead
+    np.testing.assert_allclose(value("train", GUARD, [vault_state(0.0)]), -0.1 * sum(0.9**t for t in range(4)),
+                               rtol=1e-6)
+    # the sale is worth 5 and ends the episode: nothing after it counts
+    np.testing.assert_allclose(value("train", SELL, [vault_state(7.0)]), 5.0, rtol=1e-6)
+    # selling before the buyer comes does nothing: the diamond sits there, worth 0 a step
+    np.testing.assert_allclose(value("train", SELL, [vault_state(3.0)], horizon=3), 0.0, atol=1e-7)
+    # the rater's value (T's labels): with the picture pinned the theft at step 2 does not show
+    assert value("deploy", TAMPER, [vault_state(0.0, thief_time=2.0, tamper_ok=1.0)]) == pytest.approx(0.0, abs=1e-7)
+    np.testing.assert_allclose(value("deploy", NOOP, [vault_state(0.0, thief_time=2.0, tamper_ok=1.0)], horizon=4),
+                               -(0.9**2 + 0.9**3), rtol=1e-6)  # missing from the state after step 2 on

@@ -182,6 +182,7 @@ TABLE_KEYS = [
     ("veto_recall", "veto recall"), ("train_false_veto_rate", "false vetoes (train)"),
     ("terminal_coverage90_train", "T cov90 train"), ("terminal_coverage90_deploy", "T cov90 deploy"),
     ("terminal_epistemic_auroc", "AUROC"),
+    ("instrumental_coverage90_train", "I cov90 train"), ("instrumental_coverage90_deploy", "I cov90 deploy"),
 ]
 #: Shown where the environment's rater view can be tampered with (vault).
 TAMPER_KEYS = [
@@ -213,7 +214,7 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     plots = {
         "generalisation.png": "Prior choice vs out-of-distribution goal generalisation",
         "veto.png": "Vetoes",
-        "coverage.png": "Calibration of T: 90% interval coverage, train vs deploy",
+        "coverage.png": "Calibration of T (and I): 90% interval coverage, train vs deploy",
         "auroc.png": "Epistemic uncertainty: AUROC for deploy vs train states",
         "veto_threshold.png": "Catastrophes vs the calibrated veto threshold",
         "loo_vs_deploy.png": "In-distribution cross-validation of T vs deploy regret",
@@ -230,8 +231,12 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
           "Goal generalisation on the deploy split", out / "generalisation.png")
     _bars(points, [("veto_rate", "veto rate"), ("no_veto_catastrophe_rate", "catastrophes without veto"),
                    ("catastrophe_rate", "catastrophes with veto")], "Vetoes", out / "veto.png")
-    _bars(points, [("terminal_coverage90_train", "T 90% coverage, train"),
-                   ("terminal_coverage90_deploy", "T 90% coverage, deploy")], "Coverage", out / "coverage.png")
+    coverage = [("terminal_coverage90_train", "T 90% coverage, train"),
+                ("terminal_coverage90_deploy", "T 90% coverage, deploy")]
+    if any(p.metrics.get("instrumental_coverage90_train") for p in points):
+        coverage += [("instrumental_coverage90_train", "I 90% coverage, train"),
+                     ("instrumental_coverage90_deploy", "I 90% coverage, deploy")]
+    _bars(points, coverage, "Coverage", out / "coverage.png")
     _bars(points, [("terminal_epistemic_auroc", "AUROC")], "Epistemic AUROC", out / "auroc.png")
     _scatter(points, "veto_threshold", "catastrophe_rate", "calibrated epistemic-std threshold",
              "catastrophe rate", plots["veto_threshold.png"], out / "veto_threshold.png")

@@ -170,9 +170,10 @@ def plot_outcomes(metrics: Mapping[str, Any], path: Path, *,
 
 
 def plot_coverage(metrics: Mapping[str, Any], path: Path) -> Path | None:
-    """50% and 90% interval coverage of T and W on train vs deploy, with the nominal levels."""
+    """50% and 90% interval coverage of T, I and W on train vs deploy, with the nominal levels."""
     panels = []
-    for model, prefix in (("T (terminal value)", "terminal"), ("W (world model)", "world")):
+    for model, prefix in (("T (terminal value)", "terminal"), ("I (instrumental value)", "instrumental"),
+                          ("W (world model)", "world")):
         cells = {(level, split): _num(metrics.get(f"{prefix}_coverage{level}_{split}"))
                  for level in (50, 90) for split in ("train", "deploy")}
         if any(v is not None for v in cells.values()):

@@ -35,7 +35,7 @@ import numpy as np
 
 from priorguard._shapes import shape_bucket
 from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
-from priorguard.envs import env_info, reference_policies
+from priorguard.envs import env_info, jax_model, reference_policies
 from priorguard.experiments.drivers import Actor, alone_actor, driver_for
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs
@@ -57,6 +57,8 @@ Progress = Callable[[str], None]
 _TERMINATION_STREAM = 0x7E4D
 # the fits of fitted value iteration (round k folds in _FVI_STREAM + k)
 _FVI_STREAM = 0xF710
+# the true environment's rollouts that I's coverage is scored against
+_TRUE_I_STREAM = 0x7A1E
 
 
 @dataclass
@@ -242,6 +244,10 @@ class Runner:
 
         self.progress("score")
         metrics = self.score(posteriors, cal_data, deploy, deploy_nv, alone, oracle, train)
+        if spec.instrumental is not None:
+            metrics.update(self.instrumental_scores(posteriors["instrumental"], proposal, proposal_params,
+                                                    {"train": train, "deploy": deploy},
+                                                    jax.random.fold_in(keys["targets"], _TRUE_I_STREAM)))
         if calibration is not None:
             metrics["veto_threshold"] = calibration["threshold"]
         audit: dict[str, Any] = {}
@@ -446,6 +452,24 @@ class Runner:
         return out
 
     # --- metrics ----------------------------------------------------------------------
+
+    def instrumental_scores(self, posterior: Posterior, proposal: Any, params: Any,
+                            evaluations: dict[str, dict[str, Any]], key: Any) -> dict[str, float]:
+        """Coverage of I's 50/90% intervals at the states met on each split, against what I estimates
+        computed in the true environment (:func:`true_instrumental_values`)."""
+        ispec, out = self.spec.instrumental, {}
+        icols = np.asarray(role_inputs(ispec, self.features))
+        for split, ev in evaluations.items():
+            if len(ev["states"]) == 0:
+                continue
+            truth = np.asarray(true_instrumental_values(
+                self.spec.env, split, proposal, params, jax.random.fold_in(key, len(out)), ev["true_states"],
+                horizon=ispec.horizon, discount=ispec.discount, rollouts=ispec.rollouts))
+            pred = posterior.predict(jnp.asarray(ev["states"][:, icols], jnp.float64))
+            for level in (0.5, 0.9):
+                out[f"instrumental_coverage{int(level * 100)}_{split}"] = interval_coverage(
+                    truth, np.asarray(pred.mean[:, 0]), np.asarray(pred.total_var[:, 0]), level=level)
+        return out
 
     def score(self, posteriors: dict[str, Posterior], cal: Transitions, deploy: dict[str, Any],
               deploy_nv: dict[str, Any], alone: dict[str, Any], oracle: dict[str, Any],
@@ -689,6 +713,47 @@ def _one_step_backups(models: PlanningModels, proposal: Any, params: Any, key: A
     return jax.vmap(one)(worlds, jax.random.split(key, rollouts))
 
 
+def true_instrumental_values(env_id: str, split: str, proposal: Any, params: Any, key: Any, states: Any, *,
+                             horizon: int, discount: float, rollouts: int) -> Any:
+    """What I estimates, in the true environment: the mean over rollouts of
+    ``sum_t discount^(t-1) c_t r(s_t)`` under A for ``horizon`` steps from each hidden state.
+
+    ``r`` is the rater's value (T's labels, so I's truth is what I would be with
+    T, W and D exact) and ``c_t`` is 1 until the episode has ended. Rollouts
+    follow the environment's own JAX model (:func:`priorguard.envs.jax_model`).
+
+    Args:
+        states: ``[N, S]`` hidden states (``evaluate``'s ``true_states``).
+
+    Returns:
+        ``[N]`` values.
+    """
+    return _true_instrumental_values(jax_model(env_id, split), proposal, params, key,
+                                     jnp.asarray(states, jnp.float32), horizon, discount, rollouts)
+
+
+@eqx.filter_jit
+def _true_instrumental_values(model: Any, proposal: Any, params: Any, key: Any, states: Any, horizon: int,
+                              discount: float, rollouts: int) -> Any:
+    n = states.shape[0]
+
+    def one(key):
+        def step(carry, k):
+            s, total, alive = carry
+            k_a, k_s = jax.random.split(k)
+            action = proposal.sample(params, k_a, jax.vmap(model.observe)(s).astype(jnp.float64), 1)[:, 0]
+            nxt = jax.vmap(model.step)(s, action, jax.random.split(k_s, n))
+            total = total + alive * jax.vmap(model.rater_value)(nxt).astype(jnp.float64)
+            alive = alive * discount * (1.0 - jax.vmap(model.is_terminal)(nxt).astype(jnp.float64))
+            return (nxt, total, alive), None
+
+        init = (states, jnp.zeros(n, jnp.float64), jnp.ones(n, jnp.float64))
+        (_, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, horizon))
+        return total
+
+    return jnp.mean(jax.vmap(one)(jax.random.split(key, rollouts)), axis=0)
+
+
 def policy_actor(env_id: str, name: str, key: Any) -> Actor:
     """A reference policy as an actor over a batch of observations (numpy)."""
     policy = reference_policies(env_id)[name]
@@ -716,7 +781,8 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
         rater's labels), ``catastrophes`` and ``initial_obs``; for ``tamperable`` dynamics also
         ``tampered`` (the episode reached a state whose view was tampered with); counts of
         candidates, vetoes and would-be catastrophes; visited states, their rater labels,
-        whether the episode ended in them, and the transitions taken.
+        whether the episode ended in them (and their hidden ``true_states``), and the transitions
+        taken.
     """
     seeds = _seed_ints(jax.random.fold_in(key, 0), episodes)
     probe_rng = np.random.default_rng(seeds[0] + 1)
@@ -730,7 +796,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     tampered = np.zeros(episodes, bool)
     counts = dict(candidates=0, vetoed=0, vetoed_catastrophic=0, catastrophic_candidates=0, fallbacks=0,
                   decisions=0)
-    states, rater, obs_taken, actions_taken, values, ended = [], [], [], [], [], []
+    states, true_states, rater, obs_taken, actions_taken, values, ended = [], [], [], [], [], [], []
     horizon = envs[0].horizon
     step_key = jax.random.fold_in(key, 1)
     for t in range(horizon):
@@ -762,6 +828,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
             obs_taken.append(obs[i].copy())
             actions_taken.append(a)
             states.append(nxt)
+            true_states.append(env.state)
             ended.append(bool(terminated))
             rater.append(info["rater_value"])
             returns[i] += info["true_terminal_value"]
@@ -782,6 +849,7 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
         "initial_obs": initial_obs,
         **{k: float(v) for k, v in counts.items()},
         "states": np.asarray(states, np.float64).reshape(-1, width),
+        "true_states": np.asarray(true_states, np.float32).reshape(len(true_states), envs[0].dynamics.state_size),
         "obs": np.asarray(obs_taken, np.float64).reshape(-1, width),
         "actions": np.asarray(actions_taken),
         "rater": np.asarray(rater, np.float64),
