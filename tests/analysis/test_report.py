@@ -90,18 +90,14 @@ def test_point_labels_are_short_and_merge_linked_paths():
     assert _label({}) == "base"
 
 
-def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
-    # MAP GPs have one hyperparameter draw: PSIS-LOO cannot run, the exact LOO in terminal.nc ranks them
+def store_of_gp_fits(tmp_path, x, y, spec):
+    """Runs whose T reads column 0 (regret 0.2) or column 1 (regret 0.8) of ``x``, seeds 0 and 1."""
     import jax
 
     from priorguard.analysis.diagnostics import write_datatree
     from priorguard.models.base import as_data
     from priorguard.models.gp import fit_gp
 
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.0, 1.0, (40, 2))
-    y = np.sin(6.0 * x[:, :1]) + 0.05 * rng.standard_normal((40, 1))  # only column 0 explains y
-    spec = {"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map"}}
     store = ResultStore(tmp_path / "store")
     for col, regret in ((0, 0.2), (1, 0.8)):
         for seed in (0, 1):
@@ -113,6 +109,15 @@ def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
                 write_datatree(post.to_datatree(), folder / "terminal.nc")
                 write_json(folder / "metrics.json", metrics)
             store.mark_done(run_id, metrics)
+    return store
+
+
+def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
+    # MAP GPs have one hyperparameter draw: PSIS-LOO cannot run, the exact LOO in terminal.nc ranks them
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, (40, 2))
+    y = np.sin(6.0 * x[:, :1]) + 0.05 * rng.standard_normal((40, 1))  # only column 0 explains y
+    store = store_of_gp_fits(tmp_path, x, y, {"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map"}})
     points = {p.label: p for p in summarise(store)}
     good, bad = points["terminal.features=['x0']"], points["terminal.features=['x1']"]
     assert np.all(np.isfinite(good.loo + bad.loo)) and min(good.loo) > max(bad.loo)
@@ -127,29 +132,13 @@ def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
 def test_report_ranks_by_leaving_out_states_where_leaving_out_observations_cannot(tmp_path):
     """Six states visited 30 times each, labels exact: a feature that only names the states fits them as
     well as the one that explains them (LOO cannot tell), but cannot predict a state it has not seen."""
-    import jax
-
-    from priorguard.analysis.diagnostics import write_datatree
-    from priorguard.models.base import as_data
-    from priorguard.models.gp import fit_gp
-
     rng = np.random.default_rng(1)
     smooth = np.linspace(0.0, 1.0, 6)
     ident = rng.permutation(6) / 5.0  # a state's name: unrelated to its label
     x = np.repeat(np.stack([smooth, ident], axis=1), 30, axis=0)
     y = np.sin(3.0 * x[:, :1])
-    spec = {"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map"},
-            "noise": {"dist": "HalfNormal", "scale": 0.01}}
-    store = ResultStore(tmp_path / "store")
-    for col, regret in ((0, 0.2), (1, 0.8)):
-        for seed in (0, 1):
-            run_id = f"col{col}-{seed}"
-            store.register(run_id, experiment="exp", env="e", seed=seed, overrides={"terminal.features": [f"x{col}"]})
-            post = fit_gp(spec, as_data(x[:, col:col + 1], y), key=jax.random.key(seed))
-            with store.writing(run_id) as folder:
-                write_datatree(post.to_datatree(), folder / "terminal.nc")
-                write_json(folder / "metrics.json", {"regret": regret})
-            store.mark_done(run_id, {"regret": regret})
+    store = store_of_gp_fits(tmp_path, x, y, {"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map"},
+                                              "noise": {"dist": "HalfNormal", "scale": 0.01}})
     points = {p.label: p for p in summarise(store)}
     good, bad = points["terminal.features=['x0']"], points["terminal.features=['x1']"]
     assert min(good.loso) > max(bad.loso) + 10.0
