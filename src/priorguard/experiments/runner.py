@@ -728,8 +728,12 @@ def true_instrumental_values(env_id: str, split: str, proposal: Any, params: Any
     Returns:
         ``[N]`` values.
     """
-    return _true_instrumental_values(jax_model(env_id, split), proposal, params, key,
-                                     jnp.asarray(states, jnp.float32), horizon, discount, rollouts)
+    states = np.asarray(states, np.float32)
+    n = states.shape[0]
+    # padded to a shape bucket (with copies of the first state), so runs share the compiled rollout
+    padded = np.concatenate([states, np.repeat(states[:1], shape_bucket(n, direction="up") - n, axis=0)])
+    return _true_instrumental_values(jax_model(env_id, split), proposal, params, key, jnp.asarray(padded),
+                                     horizon, discount, rollouts)[:n]
 
 
 @eqx.filter_jit
