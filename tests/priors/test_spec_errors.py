@@ -81,6 +81,11 @@ CORPUS = [
      "instrumental.kernel.terms[1].kind", "did you mean 'linear'"),
     ("active-dims-unknown", {"terminal/kernel/active_dims": ["coin_x"]}, "terminal.kernel.active_dims[0]", "not among"),
     ("active-dims-range", {"terminal/kernel/active_dims": [5]}, "terminal.kernel.active_dims[0]", "out of range"),
+    # only W sees the action: T's kernel cannot name it
+    ("active-dims-action-on-t", {"terminal/kernel/active_dims": ["right"]}, "terminal.kernel.active_dims[0]",
+     "not among"),
+    ("active-dims-world-range", {"world": {"model": "gp", "features": ["agent_x"], "kernel": {
+        "kind": "rbf", "active_dims": [4]}}}, "world.kernel.active_dims[0]", "sees 4 features"),
     ("polynomial-degree", {"terminal/kernel": {"kind": "polynomial", "degree": 0}}, "terminal.kernel.degree", ">= 1"),
     ("search-empty", {"terminal/kernel": {"search": []}}, "terminal.kernel.search", "at least 1"),
     ("search-unknown", {"terminal/kernel": {"search": ["rbf", "lineer"]}}, "terminal.kernel.search", "did you mean 'linear'"),
@@ -140,6 +145,16 @@ def test_malformed_spec_rejected_with_path(case):
 def test_corpus_is_large_and_base_is_valid():
     assert len(CORPUS) >= 40
     ExperimentSpec.from_dict(BASE)
+
+
+def test_a_world_kernel_may_name_the_action_columns():
+    # W's inputs are its features, then the one-hot actions under their names
+    spec = ExperimentSpec.from_dict(mutate({"world": {"model": "gp", "features": ["agent_x"], "kernel": {
+        "kind": "product", "terms": [{"kind": "linear", "active_dims": ["agent_x"]},
+                                     {"kind": "linear", "active_dims": ["left", "stay", "right"]}]}}}))
+    assert spec.world.kernel.terms[1].active_dims == ["left", "stay", "right"]
+    ExperimentSpec.from_dict(mutate({"world": {"model": "gp", "features": ["agent_x"],
+                                               "kernel": {"kind": "rbf", "active_dims": [3]}}}))  # column 3: right
 
 
 def test_toml_syntax_error_names_line():

@@ -74,6 +74,14 @@ class EnvInfo:
         """Number of observation columns ``F``."""
         return len(self.feature_names)
 
+    @property
+    def action_input_names(self) -> tuple[str, ...]:
+        """Names of the action columns a world model W sees after its features: the one-hot
+        discrete actions by `action_names`, or ``action_0 ..`` for a continuous action."""
+        if self.action_names is not None:
+            return tuple(self.action_names)
+        return tuple(f"action_{i}" for i in range(len(self.action_low)))
+
 
 # --------------------------------------------------------------------------- checks
 

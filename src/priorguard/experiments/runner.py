@@ -284,8 +284,7 @@ class Runner:
         x_w = np.concatenate([data.obs[:, wcols], enc], axis=1)
         y_w = data.next_obs - data.obs
         idx = _subsample(len(x_w), cap, jax.random.fold_in(keys["w"], 1))
-        action_names = (list(self.info.action_names) if self.discrete
-                        else [f"action_{i}" for i in range(enc.shape[1])])
+        action_names = list(self.info.action_input_names)
         action_ranges = ([(0.0, 1.0)] * enc.shape[1] if self.discrete
                          else list(zip(self.info.action_low.tolist(), self.info.action_high.tolist())))
         posteriors["world"] = fit_role(

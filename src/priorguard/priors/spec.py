@@ -244,7 +244,9 @@ class ExperimentSpec(_Strict):
                             param=f"{role}.features[{i}]",
                         )
             if isinstance(model, GPModel):
-                names = model.features or list(info.feature_names)
+                names = list(model.features or info.feature_names)
+                if role == "world":  # W also sees the action, after its features
+                    names += list(info.action_input_names)
                 _check_active_dims(model.kernel, names, f"{role}.kernel")
         fallback = self.planner.veto.fallback
         if info.action_kind == "discrete":
