@@ -665,8 +665,7 @@ def _mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, st
 
 def fitted_value_iteration(models: PlanningModels, proposal: Any, params: Any, key: Any, starts: Any, *,
                            fit: Callable[[np.ndarray, int], Posterior], columns: Any, iterations: int,
-                           discount: float, rollouts: int,
-                           progress: Callable[[str], None] | None = None) -> Posterior:
+                           discount: float, rollouts: int, progress: Progress | None = None) -> Posterior:
     """I by fitted value iteration: ``I_k(s) = E[T(s') + discount * c(s') * I_{k-1}(s')]``, ``I_0 = 0``.
 
     The expectation is over A's action and W's next state ``s'`` from each start,

@@ -290,18 +290,29 @@ def log_likelihood(program: GPProgram, theta: Mapping[str, Array], x: Array, y: 
     (``counts = 0``) are made independent unit normals at 0 and their density
     is taken off again.
     """
-    mean = backend.mean_value(program, theta)
     if not isinstance(y, GroupedTargets):
-        return mll(backend.training_covariance(program, theta, x), y - mean)
+        return mll(backend.training_covariance(program, theta, x), y - backend.mean_value(program, theta))
+    k, centred, within, present = _grouped_system(program, theta, x, y)
+    return (mll(k, centred) + jnp.sum(jnp.where(present, within, 0.0))
+            + 0.5 * math.log(2.0 * math.pi) * jnp.sum(~present))
+
+
+def _grouped_system(program: GPProgram, theta: Mapping[str, Array], x: Array,
+                    y: GroupedTargets) -> tuple[Array, Array, Array, Array]:
+    """The GP on group averages (see :func:`log_likelihood`) of one output.
+
+    Returns ``(K [U, U] with noise s^2 / n_u, centred averages [U], within-group
+    log terms [U], present [U])``; padding rows are independent unit normals at 0.
+    """
     present = y.counts > 0
     n = jnp.where(present, y.counts, 1.0)
     noise2 = theta[program.noise.site] ** 2
     k = backend.gram(program.kernel, theta, x, x, same=True) + jnp.diag(noise2 / n)
     k = jnp.where(present[:, None] & present[None, :], k, jnp.eye(k.shape[0], dtype=k.dtype))
-    value = mll(k, jnp.where(present, y.mean - mean, 0.0))
-    log_2pi = math.log(2.0 * math.pi)
-    within = -0.5 * (n - 1.0) * (log_2pi + jnp.log(noise2)) - 0.5 * jnp.log(n) - y.scatter / (2.0 * noise2)
-    return value + jnp.sum(jnp.where(present, within, 0.0)) + 0.5 * log_2pi * jnp.sum(~present)
+    centred = jnp.where(present, y.mean - backend.mean_value(program, theta), 0.0)
+    within = (-0.5 * (n - 1.0) * (math.log(2.0 * math.pi) + jnp.log(noise2)) - 0.5 * jnp.log(n)
+              - y.scatter / (2.0 * noise2))
+    return k, centred, within, present
 
 
 #: Group repeated inputs when the padded number of unique inputs is at most this fraction of N.
@@ -591,8 +602,7 @@ def _conditioner(program: GPProgram) -> Any:
             return chol, alpha, jitter
 
         def run(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array, Array]:
-            s, o = theta[program.noise.site].shape[:2]
-            flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), dict(theta))
+            flat, s, o = _flat_draws(program, theta)
             out = backend.map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
             return jax.tree_util.tree_map(lambda a: a.reshape(s, o, *a.shape[1:]), out)
 
@@ -1004,8 +1014,7 @@ def _loo_from_theta(program: GPProgram) -> Any:
 
         def run(theta: Mapping[str, Array], x: Array, y: Array, y_scale: Array) -> Array:
             count_trace("gp/loo_samples")
-            s, o = theta[program.noise.site].shape[:2]
-            flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), dict(theta))
+            flat, s, o = _flat_draws(program, theta)
             resid, var = backend.map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
             n = x.shape[0]
             return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale)
@@ -1015,26 +1024,24 @@ def _loo_from_theta(program: GPProgram) -> Any:
     return cached_program(("gp/loo_samples", program), build)
 
 
-def _loso_one(program: GPProgram, theta: Mapping[str, Array], xu: Array, counts: Array, ybar: Array,
-              scatter: Array) -> tuple[Array, Array]:
+def _flat_draws(program: GPProgram, theta: Mapping[str, Array]) -> tuple[dict[str, Array], int, int]:
+    """``theta`` leaves ``[K, O, ...]`` flattened to ``[K * O, ...]``, with K and O."""
+    k, o = theta[program.noise.site].shape[:2]
+    return jax.tree_util.tree_map(lambda a: a.reshape(k * o, *a.shape[2:]), dict(theta)), k, o
+
+
+def _loso_one(program: GPProgram, theta: Mapping[str, Array], xu: Array, y: GroupedTargets) -> tuple[Array, Array]:
     """Leave-one-state-out log densities of one sample and output (model units), ``([U], [U])``.
 
-    The GP on the group averages (noise ``s^2 / n_u``, see :func:`log_likelihood`)
-    gives, by the exact LOO identities, the mean and variance of ``ybar_u``
-    given every other unique input's targets. Returns the log density of
-    ``ybar_u`` and that of all the group's targets (the first plus the
-    within-group term); 0 on padding rows.
+    The GP on the group averages (:func:`_grouped_system`) gives, by the exact
+    LOO identities, the mean and variance of ``ybar_u`` given every other unique
+    input's targets. Returns the log density of ``ybar_u`` and that of all the
+    group's targets (the first plus the within-group term); 0 on padding rows.
     """
-    present = counts > 0
-    n = jnp.where(present, counts, 1.0)
-    noise2 = theta[program.noise.site] ** 2
-    k = backend.gram(program.kernel, theta, xu, xu, same=True) + jnp.diag(noise2 / n)
-    k = jnp.where(present[:, None] & present[None, :], k, jnp.eye(k.shape[0], dtype=k.dtype))
+    k, centred, within, present = _grouped_system(program, theta, xu, y)
     chol, _ = backend.cholesky_with_jitter(k)
-    alpha = jax.scipy.linalg.cho_solve((chol, True), jnp.where(present, ybar - backend.mean_value(program, theta), 0.0))
-    resid, var = _exact_loo_one(chol, alpha)
+    resid, var = _exact_loo_one(chol, jax.scipy.linalg.cho_solve((chol, True), centred))
     lp_mean = -0.5 * (jnp.log(2 * jnp.pi * var) + resid**2 / var)
-    within = -0.5 * (n - 1.0) * (math.log(2.0 * math.pi) + jnp.log(noise2)) - 0.5 * jnp.log(n) - scatter / (2.0 * noise2)
     return jnp.where(present, lp_mean, 0.0), jnp.where(present, lp_mean + within, 0.0)
 
 
@@ -1046,10 +1053,9 @@ def _loso_from_theta(program: GPProgram) -> Any:
         def run(theta: Mapping[str, Array], xu: Array, counts: Array, ybar: Array, scatter: Array,
                 y_scale: Array) -> tuple[Array, Array]:
             count_trace("gp/loso")
-            k, o = theta[program.noise.site].shape[:2]
-            flat = jax.tree_util.tree_map(lambda a: a.reshape(k * o, *a.shape[2:]), dict(theta))
+            flat, k, o = _flat_draws(program, theta)
             lp_mean, lp_group = backend.map_unbatched(
-                lambda th, yb, sc: _loso_one(program, th, xu, counts, yb, sc), flat,
+                lambda th, yb, sc: _loso_one(program, th, xu, GroupedTargets(counts, yb, sc)), flat,
                 jnp.tile(ybar.T, (k, 1)), jnp.tile(scatter.T, (k, 1)))
             # ybar_u's density in raw units; the group's (importance weights only) stays in model
             # units: the Jacobian is the same for every draw and cancels when the weights are normalised
