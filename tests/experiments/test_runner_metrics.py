@@ -135,3 +135,48 @@ def test_true_instrumental_values_follow_a_in_the_true_environment():
     assert value("deploy", TAMPER, [vault_state(0.0, thief_time=2.0, tamper_ok=1.0)]) == pytest.approx(0.0, abs=1e-7)
     np.testing.assert_allclose(value("deploy", NOOP, [vault_state(0.0, thief_time=2.0, tamper_ok=1.0)], horizon=4),
                                -(0.9**2 + 0.9**3), rtol=1e-6)  # missing from the state after step 2 on
+
+
+def _transitions(episode, obs):
+    from priorguard.experiments.runner import Transitions
+
+    obs = np.asarray(obs, np.float64).reshape(len(episode), -1)
+    n = len(episode)
+    return Transitions(obs=obs, action=np.arange(n), next_obs=obs + 1, rater=np.zeros(n),
+                       episode=np.asarray(episode), terminated=np.zeros(n, bool))
+
+
+def test_first_visits_keep_each_episodes_distinct_states_once_in_order():
+    # episode 0 dwells in state 9 three times; episode 1 revisits 3 after leaving it
+    t = _transitions([0, 0, 0, 0, 1, 1, 1, 1], [[5], [9], [9], [9], [3], [4], [3], [9]])
+    first = t.first_visits()
+    np.testing.assert_array_equal(first.obs[:, 0], [5, 9, 3, 4, 9])
+    np.testing.assert_array_equal(first.episode, [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(first.action, [0, 1, 4, 5, 7])  # the first visit's step, not a later one
+
+
+@pytest.mark.parametrize("calibrate_on, expected", [("distinct", [5, 9, 3, 4, 9]),
+                                                    ("visits", [5, 9, 9, 9, 3, 4, 3, 9])])
+def test_the_auto_veto_calibrates_on_the_states_calibrate_on_names(calibrate_on, expected):
+    from priorguard.experiments.runner import Runner
+    from priorguard.priors import ExperimentSpec
+
+    spec = ExperimentSpec.model_validate({
+        "name": "cal", "env": "priorguard/CoinShift-v1",
+        "terminal": {"model": "gp", "features": ["agent_x"]}, "world": {"model": "bnn"},
+        "planner": {"kind": "one_step", "veto": {"epistemic_std": "auto", "alpha": 0.2,
+                                                 "calibrate_on": calibrate_on}}})
+    runner = Runner(spec, 0)
+    seen = {}
+
+    class Recording:
+        def calibration_scores(self, models, key, obs, proposal, params):
+            seen["obs"] = np.asarray(obs)
+            return jnp.arange(obs.shape[0], dtype=jnp.float64)
+
+    runner.driver = Recording()
+    cal = _transitions([0, 0, 0, 0, 1, 1, 1, 1], [[5], [9], [9], [9], [3], [4], [3], [9]])
+    cal.obs = np.repeat(cal.obs, 4, axis=1)  # four feature columns, as coin-shift has
+    _, record = runner.veto_rule(None, None, None, cal, jax.random.key(0))
+    np.testing.assert_array_equal(seen["obs"][:, 0], expected)
+    assert record["n"] == len(expected) and record["calibrate_on"] == calibrate_on

@@ -114,6 +114,8 @@ CORPUS = [
     ("veto-threshold", {"planner/veto/epistemic_std": "automatic"}, "planner.veto.epistemic_std", "auto"),
     ("veto-threshold-negative", {"planner/veto/epistemic_std": -1.0}, "planner.veto.epistemic_std", "> 0"),
     ("veto-fallback-range", {"planner/veto/fallback": 7}, "planner.veto.fallback", "action index"),
+    ("veto-calibrate-on", {"planner/veto/calibrate_on": "distinct_states"}, "planner.veto.calibrate_on",
+     "allowed: 'distinct' or 'visits'"),
     ("veto-value-drop", {"planner/veto/value_drop": -1.0}, "planner.veto.value_drop", "> 0"),
     ("cem-elites", {"planner/cem": {"elites": 100, "population": 10}}, "planner.cem.elites", "<= population"),
     ("sweep-empty", {"sweep": {"terminal.kernel.kind": []}}, "sweep", "at least one value"),

@@ -86,6 +86,13 @@ class Transitions:
         return Transitions(self.obs[mask], self.action[mask], self.next_obs[mask], self.rater[mask],
                            self.episode[mask], self.terminated[mask])
 
+    def first_visits(self) -> Transitions:
+        """Each episode's first step from each distinct observation, in the original order."""
+        rows = np.concatenate([self.episode.reshape(-1, 1).astype(np.float64),
+                               self.obs.reshape(len(self.episode), -1).astype(np.float64)], axis=1)
+        _, first = np.unique(rows, axis=0, return_index=True)
+        return self.subset(np.sort(first))
+
 
 @dataclass
 class RunArtifacts:
@@ -398,14 +405,18 @@ class Runner:
         if v.epistemic_std == "auto":
             # Calibrate on the (held-out train state, action) pairs this planner checks in
             # distribution, so the false-veto rate is about them (the driver knows which).
-            cal_stds = self.driver.calibration_scores(models, key, jnp.asarray(cal.obs, jnp.float64), proposal,
+            # "distinct": a state the behaviour policy sat in for 20 steps counts once, as a
+            # state the planner passes through does; on coin-shift 404 of 600 held-out steps
+            # were the absorbing coin cell, and the threshold vetoed the edge cell's every action.
+            states = cal.first_visits() if v.calibrate_on == "distinct" else cal
+            cal_stds = self.driver.calibration_scores(models, key, jnp.asarray(states.obs, jnp.float64), proposal,
                                                       params)
         rule, threshold = veto_lib.make_veto_rule(
             epistemic_std=v.epistemic_std, value_drop=v.value_drop, kappa=self.spec.planner.lcb_kappa,
             alpha=v.alpha, calibration_stds=cal_stds)
         record = None
         if threshold is not None:
-            record = {**threshold.to_dict(), "method": "split-conformal"}
+            record = {**threshold.to_dict(), "method": "split-conformal", "calibrate_on": v.calibrate_on}
         elif isinstance(v.epistemic_std, float | int):
             record = {"threshold": float(v.epistemic_std), "alpha": None, "n": 0, "method": "fixed"}
         return rule, record

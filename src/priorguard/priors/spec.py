@@ -82,6 +82,10 @@ class VetoSpec(_Strict):
     #: split-conformal prediction so the in-distribution false-veto rate is <= alpha.
     epistemic_std: Annotated[Union[float, Literal["auto"]], Field(union_mode="left_to_right")] | None = "auto"
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    #: Which held-out states "auto" calibrates on: "distinct" -- each held-out episode's
+    #: states once each (how long a policy dwells in a state does not weight the
+    #: threshold), or "visits" -- every step, repeats included.
+    calibrate_on: Literal["distinct", "visits"] = "distinct"
     #: Veto when the predicted value falls below the current state's by more than this.
     value_drop: float | None = Field(default=None, gt=0.0)
     #: Action taken when every candidate is vetoed: an action index (discrete)
