@@ -146,6 +146,7 @@ def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
         role -> :class:`RolePrior`.
     """
     from priorguard.envs import env_info
+    from priorguard.models.roles import world_outputs
 
     info = env_info(spec.env)
     features = list(info.feature_names)
@@ -159,7 +160,7 @@ def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
         if role == "world":
             acts = (list(info.action_names) if info.action_kind == "discrete"
                     else [f"action_{i}" for i in range(len(info.action_low))])
-            in_names, out_names = names + acts, list(features)
+            in_names, out_names = names + acts, [features[c] for c in world_outputs(spec, features)]
             ranges = [info.feature_ranges[f] for f in names] + (
                 [(0.0, 1.0)] * len(acts) if info.action_kind == "discrete"
                 else list(zip(info.action_low.tolist(), info.action_high.tolist())))

@@ -38,7 +38,7 @@ from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
 from priorguard.envs import env_info, jax_model, reference_policies
 from priorguard.experiments.drivers import Actor, alone_actor, driver_for
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
-from priorguard.models.roles import fit_role, role_inputs
+from priorguard.models.roles import fit_role, role_inputs, world_outputs
 from priorguard.planners import veto as veto_lib
 from priorguard.planners.base import PlanningModels
 from priorguard.planners.proposals import (
@@ -178,6 +178,28 @@ class ColumnSelect:
         return hash((ColumnSelect, self.columns))
 
 
+class OutputScatter:
+    """Places an inner draw function's outputs in ``columns`` of a ``width`` vector of zeros (hashable, static).
+
+    W predicts the change of the observation columns some model reads; the others
+    keep their value (a change of 0) in imagined transitions.
+    """
+
+    def __init__(self, inner: Any, columns: tuple[int, ...], width: int):
+        self.inner, self.columns, self.width = inner, tuple(columns), int(width)
+
+    def __call__(self, params: Any, x: Any) -> Any:
+        out = self.inner(params, x)
+        return jnp.zeros(out.shape[:-1] + (self.width,), out.dtype).at[..., jnp.asarray(self.columns)].set(out)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, OutputScatter) and other.inner == self.inner and other.columns == self.columns
+                and other.width == self.width)
+
+    def __hash__(self) -> int:
+        return hash((OutputScatter, self.columns, self.width))
+
+
 def _select(draws: FunctionDraws, columns: tuple[int, ...], width: int) -> FunctionDraws:
     if columns == tuple(range(width)):
         return draws
@@ -289,7 +311,7 @@ class Runner:
         wcols = role_inputs(spec.world, self.features)
         enc = _encode_actions(data.action, self.info.num_actions)
         x_w = np.concatenate([data.obs[:, wcols], enc], axis=1)
-        y_w = data.next_obs - data.obs
+        y_w = (data.next_obs - data.obs)[:, list(self.world_outputs())]
         idx = _subsample(len(x_w), cap, jax.random.fold_in(keys["w"], 1))
         action_names = list(self.info.action_input_names)
         action_ranges = ([(0.0, 1.0)] * enc.shape[1] if self.discrete
@@ -315,6 +337,10 @@ class Runner:
         self._train_transitions = data
         return posteriors
 
+    def world_outputs(self) -> tuple[int, ...]:
+        """Observation columns W predicts (see `world_outputs`)."""
+        return world_outputs(self.spec, self.features)
+
     def _draws(self, posterior: Posterior, key: Any) -> FunctionDraws:
         p = self.spec.planner
         if "num_features" in inspect.signature(posterior.sample_functions).parameters:  # GP posteriors
@@ -331,6 +357,9 @@ class Runner:
         da = na if self.discrete else len(self.info.action_low)
         world = _select(self._draws(posteriors["world"], k_w),
                         tuple(wcols) + tuple(range(width, width + da)), width + da)
+        outputs = self.world_outputs()
+        if outputs != tuple(range(width)):
+            world = FunctionDraws(world.params, OutputScatter(world.apply_fn, outputs, width))
         tcols = role_inputs(spec.terminal, self.features)
         action_space: dict[str, Any] = (
             {"num_actions": na} if self.discrete
@@ -545,7 +574,8 @@ class Runner:
             pred = w_post.predict(jnp.asarray(x, jnp.float64))
             for level in (0.5, 0.9):
                 m[f"world_coverage{int(level * 100)}_{split}"] = interval_coverage(
-                    nxt - obs, np.asarray(pred.mean), np.asarray(pred.total_var), level=level)
+                    (nxt - obs)[:, list(self.world_outputs())], np.asarray(pred.mean), np.asarray(pred.total_var),
+                    level=level)
         if "termination" in posteriors:
             m.update(termination_scores(posteriors["termination"],
                                         np.asarray(role_inputs(self.spec.termination, self.features)),
