@@ -49,3 +49,20 @@ def test_unpredicted_columns_keep_their_value_in_imagined_transitions():
     np.testing.assert_allclose(nxt[:, 0], [[1.5, 7.0, 9.0, 3.0], [2.5, 7.0, 19.0, 3.0]])
     assert OutputScatter(inner.apply_fn, (0, 2), 4) == OutputScatter(inner.apply_fn, (0, 2), 4)
     assert OutputScatter(inner.apply_fn, (0, 2), 4) != OutputScatter(inner.apply_fn, (0, 1), 4)
+
+
+def test_a_gp_world_model_names_its_outputs_in_the_datatree():
+    import jax
+
+    from priorguard.models.base import as_data
+    from priorguard.models.roles import fit_role
+    from priorguard.priors.models import GPModel
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (30, 2))
+    y = np.stack([x[:, 0] * 0.1, -x[:, 1] * 0.2], axis=1)
+    post = fit_role(GPModel(model="gp", inference={"method": "map", "steps": 20}), as_data(x, y),
+                    key=jax.random.key(0), role="world", feature_names=["a", "action_0"],
+                    output_names=["delta_cos_theta", "delta_theta_dot"])
+    tree = post.to_datatree()
+    assert list(tree["posterior"].ds["output"].values) == ["delta_cos_theta", "delta_theta_dot"]

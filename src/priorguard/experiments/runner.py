@@ -319,7 +319,8 @@ class Runner:
         posteriors["world"] = fit_role(
             spec.world, as_data(x_w[idx], y_w[idx]), key=keys["w"], role="world",
             feature_names=[self.features[c] for c in wcols] + action_names,
-            feature_ranges=[self.ranges[c] for c in wcols] + action_ranges)
+            feature_ranges=[self.ranges[c] for c in wcols] + action_ranges,
+            output_names=[f"delta_{self.features[c]}" for c in self.world_outputs()])
         self.timings["fit_world_s"] = time.perf_counter() - t0
 
         if spec.termination is not None:

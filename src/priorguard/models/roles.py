@@ -26,6 +26,7 @@ def fit_role(
     role: Role,
     feature_names: Sequence[str],
     feature_ranges: Sequence[tuple[float, float]] | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> Posterior:
     """Fits T, I, W or D as its spec says.
 
@@ -38,6 +39,7 @@ def fit_role(
         role: the site prefix (``terminal/kernel/lengthscale``, ``world/layer0/w``).
         feature_names: names of the ``D`` input columns.
         feature_ranges: ``(low, high)`` of each input column.
+        output_names: names of the ``O`` outputs in a GP's DataTree (default ``y0 ...``).
 
     Returns:
         A :class:`~priorguard.models.base.Posterior`.
@@ -50,7 +52,7 @@ def fit_role(
         from priorguard.models.gp import fit_gp
 
         return fit_gp(spec, data, key=key, feature_names=list(feature_names), site_prefix=role,
-                      feature_ranges=feature_ranges)
+                      feature_ranges=feature_ranges, output_names=output_names)
     if isinstance(spec, BNNModel):
         from priorguard.models.bnn import fit_bnn
 
