@@ -97,3 +97,21 @@ def test_bad_override_writes_nothing(tmp_path):
                         "--set", "planner.proposals=-3"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "planner.proposals" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_instrumental_from_the_logged_returns_runs_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path), "--seed",
+                        "0", *tiny_args("coin-shift", "instrumental.targets=data_returns")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder, m = metrics_of(tmp_path)
+    assert 'targets = "data_returns"' in (folder / "spec.toml").read_text()
+    assert 0.0 <= m["instrumental_coverage90_train"] <= 1.0
+    from priorguard.analysis.diagnostics import read_datatree
+    from priorguard.priors import load_spec
+
+    ispec = load_spec(folder / "spec.toml").instrumental
+    y = np.asarray(read_datatree(folder / "instrumental.nc")["observed_data"]["instrumental.y"]).reshape(-1)
+    # coin-shift's labels are 0 or 1 (on the coin): each target is a discounted count of steps on it
+    bound = sum(ispec.discount**k for k in range(ispec.horizon))
+    assert np.all((y >= -1e-9) & (y <= bound + 1e-9)) and y.min() < 1e-9 < y.max()

@@ -180,3 +180,18 @@ def test_the_auto_veto_calibrates_on_the_states_calibrate_on_names(calibrate_on,
     _, record = runner.veto_rule(None, None, None, cal, jax.random.key(0))
     np.testing.assert_array_equal(seen["obs"][:, 0], expected)
     assert record["n"] == len(expected) and record["calibrate_on"] == calibrate_on
+
+
+def test_data_returns_sum_the_labels_that_followed_each_state_within_its_episode():
+    from priorguard.experiments.runner import Transitions, data_returns
+
+    # episode 0: four steps, cut by the time limit; episode 1: two steps, the second ends it
+    t = Transitions(obs=np.zeros((6, 1)), action=np.zeros(6, int), next_obs=np.arange(6.0)[:, None],
+                    rater=np.asarray([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), episode=np.asarray([0, 0, 0, 0, 1, 1]),
+                    terminated=np.asarray([False, False, False, False, False, True]))
+    states, targets = data_returns(t, horizon=2, discount=0.5)
+    np.testing.assert_array_equal(states[:, 0], np.arange(6.0))
+    # row 3 is its episode's last: nothing of episode 1 leaks in; row 5's state is terminal
+    np.testing.assert_allclose(targets, [2 + 0.5 * 3, 3 + 0.5 * 4, 4, 0, 6, 0])
+    _, one = data_returns(t, horizon=1, discount=0.5)
+    np.testing.assert_allclose(one, [2, 3, 4, 0, 6, 0])

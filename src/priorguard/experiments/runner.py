@@ -385,12 +385,17 @@ class Runner:
         starts = jnp.asarray(states[idx], jnp.float64)
         ispec = spec.instrumental
 
-        def fit_i(targets: np.ndarray, key: Any) -> Posterior:
-            return fit_role(ispec, as_data(states[idx][:, icols], targets), key=key, role="instrumental",
+        def fit_i(targets: np.ndarray, key: Any, x: np.ndarray | None = None) -> Posterior:
+            x = states[idx] if x is None else x
+            return fit_role(ispec, as_data(x[:, icols], targets), key=key, role="instrumental",
                             feature_names=[self.features[c] for c in icols],
                             feature_ranges=[self.ranges[c] for c in icols])
 
-        if ispec.targets == "fvi":
+        if ispec.targets == "data_returns":
+            x_d, y_d = data_returns(data, horizon=ispec.horizon, discount=ispec.discount)
+            keep = _subsample(len(x_d), spec.data.max_points, jax.random.fold_in(k_i, 3))
+            posteriors["instrumental"] = fit_i(y_d[keep], k_i, x_d[keep])
+        elif ispec.targets == "fvi":
             posteriors["instrumental"] = fitted_value_iteration(
                 base, proposal, params, keys["targets"], starts, fit=lambda y, it: fit_i(y, jax.random.fold_in(
                     k_i, _FVI_STREAM + it)), columns=icols, iterations=ispec.horizon, discount=ispec.discount,
@@ -684,6 +689,37 @@ def mc_returns(models: PlanningModels, proposal: Any, params: Any, key: Any, sta
         ``[N]`` targets.
     """
     return _mc_returns(models, proposal, params, key, starts, horizon, discount, rollouts)
+
+
+def data_returns(data: Transitions, *, horizon: int, discount: float) -> tuple[np.ndarray, np.ndarray]:
+    """I's targets from the logged episodes: the discounted rater's labels that followed each state.
+
+    For the state reached by step t of an episode, ``sum_{k < horizon} discount^k r_{t+1+k}``
+    over the steps the episode went on for (none after a terminal state; a time limit
+    just cuts the sum short). The expectation is under the behaviour policy that
+    collected the data, not under A, and nothing passes through W or T.
+
+    Args:
+        data: train transitions, each episode's rows in time order.
+        horizon: steps summed.
+        discount: per-step discount.
+
+    Returns:
+        ``(states [N, F], targets [N])``: every visited state (``next_obs``) and its target.
+    """
+    n = len(data.episode)
+    rater, episode = np.asarray(data.rater, np.float64), np.asarray(data.episode)
+    terminated = np.asarray(data.terminated, bool)
+    rows = np.arange(n)
+    total, weight = np.zeros(n), 1.0
+    going = ~terminated  # the episode went on after row j's state
+    for k in range(horizon):
+        src = np.minimum(rows + 1 + k, n - 1)
+        going = going & (rows + 1 + k < n) & (episode[src] == episode)
+        total += np.where(going, weight * rater[src], 0.0)
+        going = going & ~terminated[src]
+        weight *= discount
+    return np.asarray(data.next_obs, np.float64), total
 
 
 @eqx.filter_jit

@@ -214,8 +214,9 @@ class BNNModel(_ModelBase):
 class _Instrumental(BaseModel):
     discount: float = Field(default=0.95, gt=0.0, le=1.0)
     #: How regression targets are made: Monte-Carlo returns of T along W rollouts
-    #: under the proposal policy, or fitted value iteration.
-    targets: Literal["mc_returns", "fvi"] = "mc_returns"
+    #: under the proposal policy, fitted value iteration, or the rater's labels that
+    #: followed each state in the logged train episodes (under the behaviour policy).
+    targets: Literal["mc_returns", "fvi", "data_returns"] = "mc_returns"
     horizon: int = Field(default=10, ge=1, le=1000)
     rollouts: int = Field(default=8, ge=1, le=1024)
 
