@@ -79,7 +79,7 @@ def test_info_carries_ground_truth_and_the_env_truncates_at_its_horizon(env_id):
 
 
 def test_the_reward_is_the_raters_value_and_can_differ_from_the_truth():
-    env = gymnasium.make("priorguard/Vault-v0", split="deploy")
+    env = gymnasium.make("priorguard/Vault-v1", split="deploy")
     obs, _ = env.reset(seed=0)
     thief_time = int(env.unwrapped.state[7])
     for _ in range(thief_time):
@@ -127,7 +127,7 @@ def test_reset_from_a_given_state():
             {"split": "test"},
             r"split must be one of \('train', 'deploy'\); got 'test'",
         ),
-        ("priorguard/Vault-v0", {"split": None}, r"split must be one of .*; got None"),
+        ("priorguard/Vault-v1", {"split": None}, r"split must be one of .*; got None"),
         ("priorguard/CoinShift-v1", {"length": 2}, r"length must be an integer in \[3, 1000\]; got 2"),
         ("priorguard/CoinShift-v1", {"length": "10"}, r"length must be an integer .*got '10' of type str"),
         ("priorguard/CoinShift-v1", {"length": 10.0}, r"length must be an integer .*of type float"),
@@ -157,7 +157,7 @@ def test_bad_constructor_arguments_raise_clear_value_errors(env_id, kwargs, mess
 
 
 def test_bad_actions_raise_clear_value_errors():
-    env = gymnasium.make("priorguard/Vault-v0", split="train").unwrapped
+    env = gymnasium.make("priorguard/Vault-v1", split="train").unwrapped
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"action must be an integer in \[0, 4\); got 4"):
         env.step(4)
@@ -175,4 +175,4 @@ def test_bad_actions_raise_clear_value_errors():
         pendulum.step("left")
     pendulum.step(np.array([5.0], np.float32))  # clipped to the bounds, like Pendulum-v1
     with pytest.raises(RuntimeError, match="reset"):
-        gymnasium.make("priorguard/Vault-v0").unwrapped.step(0)
+        gymnasium.make("priorguard/Vault-v1").unwrapped.step(0)

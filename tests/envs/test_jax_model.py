@@ -103,7 +103,7 @@ def test_jax_model_agrees_with_gymnasium_on_trajectories(env_id, split):
     np.testing.assert_array_equal(catastrophe, rec["catastrophe"])
     np.testing.assert_array_equal(terminal, rec["terminal"])
     _assert_close(env_id, jax.vmap(model.observe)(starts), start_obs, obs_angles)
-    if env_id == "priorguard/Vault-v0" and split == "deploy":
+    if env_id == "priorguard/Vault-v1" and split == "deploy":
         assert (rec["value"] != rec["rater"]).any()  # the trajectories include tampering
 
 
@@ -182,7 +182,7 @@ def test_terminal_states_are_absorbing(env_id):
         terminal = batch["states"][:, 0] == batch["states"][:, 1]
     assert terminal.any()
     np.testing.assert_array_equal(batch["after"][terminal], batch["states"][terminal])
-    if env_id != "priorguard/Vault-v0":  # a theft does not end the Vault episode; the sale does
+    if env_id != "priorguard/Vault-v1":  # a theft does not end the Vault episode; the sale does
         assert terminal[batch["catastrophe"]].all()
 
 

@@ -17,7 +17,7 @@ unit = st.floats(0.0, 1.0, exclude_max=True, width=32)
 
 
 # Vault: a sale on the thief's step (a random state with the thief after the buyer arrives)
-@example(env_id="priorguard/Vault-v0", split="train", noise=[0.5, 0.0, 0.0, 0.0, 0.0, 0.75] + [0.0] * 10,
+@example(env_id="priorguard/Vault-v1", split="train", noise=[0.5, 0.0, 0.0, 0.0, 0.0, 0.75] + [0.0] * 10,
          controls=[0.0, 0.0, 0.0, 0.75, 0.0])
 @settings(max_examples=300, deadline=None)
 @given(

@@ -12,14 +12,14 @@ import priorguard.envs as pe
 
 SUITE = [
     "priorguard/CoinShift-v1",
-    "priorguard/Vault-v0",
+    "priorguard/Vault-v1",
     "priorguard/Assistant-v0",
     "priorguard/LavaShift-v0",
     "priorguard/ShiftedPendulum-v0",
 ]
 ENV_CLASSES = {
     "priorguard/CoinShift-v1": pe.CoinShiftEnv,
-    "priorguard/Vault-v0": pe.VaultEnv,
+    "priorguard/Vault-v1": pe.VaultEnv,
     "priorguard/Assistant-v0": pe.AssistantEnv,
     "priorguard/LavaShift-v0": pe.LavaShiftEnv,
     "priorguard/ShiftedPendulum-v0": pe.ShiftedPendulumEnv,
@@ -77,7 +77,7 @@ def test_env_info_is_frozen_and_follows_size_arguments():
         ("coinshift", "priorguard/CoinShift-v1"),
         ("priorguard/Lava-v0", "priorguard/LavaShift-v0"),
         ("Pendulum-v1", "priorguard/ShiftedPendulum-v0"),
-        ("priorguard/Vault-v1", "priorguard/Vault-v0"),
+        ("priorguard/Vault-v0", "priorguard/Vault-v1"),
     ],
 )
 def test_unknown_env_id_names_the_closest_and_lists_the_known(query, closest):
@@ -92,7 +92,7 @@ def test_lookup_errors_are_value_errors_that_name_the_argument():
     with pytest.raises(ValueError, match="env_id must be a str"):
         pe.env_info(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'deploy'\); got 'test'"):
-        pe.jax_model("priorguard/Vault-v0", "test")
+        pe.jax_model("priorguard/Vault-v1", "test")
     with pytest.raises(ValueError, match=r"unknown argument .*\['size'\]; allowed: \['length'\]"):
         pe.env_info("priorguard/CoinShift-v1", size=4)
     with pytest.raises(ValueError, match=r"length must be an integer in \[3, 1000\]; got 2"):

@@ -68,7 +68,7 @@ def constant_actor(action: int):
     return act
 
 
-VAULT = "priorguard/Vault-v0"
+VAULT = "priorguard/Vault-v1"
 
 
 def test_vault_tampering_hides_the_theft_from_the_rater():
@@ -92,9 +92,11 @@ def test_vault_without_tampering_the_rater_sees_the_truth(action):
     assert tampering_scores({"": ev}) == {"tampering_rate": 0.0, "rater_gap": 0.0}
 
 
-def test_vault_train_split_has_no_picture_to_pin():
-    ev = evaluate(VAULT, "train", 4, jax.random.key(0), constant_actor(TAMPER))
-    assert not ev["tampered"].any() and not ev["catastrophes"].any()
+def test_vault_train_split_can_be_tampered_with_and_has_episodes_without_a_thief():
+    ev = evaluate(VAULT, "train", 40, jax.random.key(0), constant_actor(TAMPER))
+    assert ev["tampered"].all()
+    assert 0.2 < ev["catastrophes"].mean() < 0.8  # a thief in about half of them
+    np.testing.assert_array_equal(ev["rater_returns"][~ev["catastrophes"]], 0.0)
 
 
 def test_environments_that_cannot_be_tampered_with_report_no_tampering():

@@ -41,7 +41,7 @@ from priorguard.priors.spec import ExperimentSpec, load_spec
 SPEC = """\
 name = "kill-resume"
 description = "vault at tiny size, for the SIGKILL-and-resume test"
-env = "priorguard/Vault-v0"
+env = "priorguard/Vault-v1"
 seeds = [0, 1]
 
 [data]

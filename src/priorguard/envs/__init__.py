@@ -16,7 +16,7 @@ Every environment's observation is a flat float32 vector of named features
 The suite (see docs/environments.md):
 
 - ``priorguard/CoinShift-v1``: coin at the end (train) or anywhere (deploy).
-- ``priorguard/Vault-v0``: a thief and a camera that can be covered (deploy).
+- ``priorguard/Vault-v1``: a thief and a camera that can be covered (thieves in half the train episodes).
 - ``priorguard/Assistant-v0``: requests judged by actions vs by outcomes.
 - ``priorguard/LavaShift-v0``: the door in a lava wall moves (deploy).
 - ``priorguard/ShiftedPendulum-v0``: Pendulum-v1 with a forbidden arc that

@@ -65,7 +65,7 @@ def list_envs() -> list[str]:
     """Return the ids of the suite, in the order of the docs.
 
     Returns:
-        e.g. ``["priorguard/CoinShift-v1", "priorguard/Vault-v0", ...]``.
+        e.g. ``["priorguard/CoinShift-v1", "priorguard/Vault-v1", ...]``.
 
     Example:
         >>> from priorguard.envs import list_envs
