@@ -62,13 +62,19 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     assert "regret" in r.stdout and ("tampering_rate" in r.stdout) == tamper  # the results table
 
 
-def test_instrumental_by_fitted_value_iteration_runs_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path), "--seed",
-                        "0", *tiny_args("coin-shift", "instrumental.targets=fvi")],
+def run_with_i_targets(out, targets):
+    """coin-shift at tiny size with ``instrumental.targets = targets``: its run folder and metrics."""
+    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(out), "--seed",
+                        "0", *tiny_args("coin-shift", f"instrumental.targets={targets}")],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    folder, m = metrics_of(tmp_path)
-    assert 'targets = "fvi"' in (folder / "spec.toml").read_text()
+    folder, m = metrics_of(out)
+    assert f'targets = "{targets}"' in (folder / "spec.toml").read_text()
+    return folder, m
+
+
+def test_instrumental_by_fitted_value_iteration_runs_end_to_end(tmp_path):
+    folder, _ = run_with_i_targets(tmp_path, "fvi")
     # I's regression targets (its observed data) are one-step backups, not the Monte-Carlo returns
     from priorguard.analysis.diagnostics import read_datatree
 
@@ -100,12 +106,7 @@ def test_bad_override_writes_nothing(tmp_path):
 
 
 def test_instrumental_from_the_logged_returns_runs_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path), "--seed",
-                        "0", *tiny_args("coin-shift", "instrumental.targets=data_returns")],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    folder, m = metrics_of(tmp_path)
-    assert 'targets = "data_returns"' in (folder / "spec.toml").read_text()
+    folder, m = run_with_i_targets(tmp_path, "data_returns")
     assert 0.0 <= m["instrumental_coverage90_train"] <= 1.0
     from priorguard.analysis.diagnostics import read_datatree
     from priorguard.priors import load_spec
