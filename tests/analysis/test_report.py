@@ -182,3 +182,18 @@ def test_report_says_when_the_sweep_leaves_t_unchanged(tmp_path):
     assert "T's LOSO is the same at every sweep point" in text
     assert "Best on deploy (lowest regret): exp: planner.depth=6." in text
     assert "Spearman" not in text and "nan" not in text.split("## Diagnostics")[0].lower()
+
+
+def test_intervals_of_rates_stay_in_zero_one_and_others_do_not():
+    from priorguard.analysis.report import PointSummary, is_unit_metric
+
+    point = PointSummary("e", "p", [0, 1, 2], {"tampering_rate": [0.0, 1.0, 1.0], "regret": [0.0, 1.0, 1.0],
+                                              "terminal_coverage90_deploy": [0.0, 0.0, 1.0]}, [])
+    m, lo, hi = point.stat("tampering_rate")
+    assert m == pytest.approx(2 / 3) and (lo, hi) == (0.0, 1.0)  # the t-interval runs from -0.31 to 1.64
+    _, lo_c, _ = point.stat("terminal_coverage90_deploy")
+    assert lo_c == 0.0
+    _, lo_r, hi_r = point.stat("regret")  # regret is not bounded by 1
+    assert hi_r > 1.0 and lo_r < 0.0
+    assert all(is_unit_metric(k) for k in ("veto_recall", "deploy_in_range_fraction", "terminal_epistemic_auroc"))
+    assert not any(is_unit_metric(k) for k in ("rater_gap", "deploy_return", "regret_in_range"))

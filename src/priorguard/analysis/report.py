@@ -43,17 +43,32 @@ class PointSummary:
     loso: list[float] = dataclasses.field(default_factory=list)
 
     def stat(self, key: str) -> tuple[float, float, float]:
-        """Mean and 90% t-interval over seeds (NaNs dropped)."""
-        return mean_interval(self.metrics.get(key, []))
+        """Mean and 90% t-interval over seeds (NaNs dropped), cut to [0, 1] for rates and fractions."""
+        return mean_interval(self.metrics.get(key, []), bounds=(0.0, 1.0) if is_unit_metric(key) else None)
 
 
-def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+#: Metric names (their endings) whose values lie in [0, 1]: rates, fractions, coverages, AUROC.
+_UNIT_ENDINGS = ("_rate", "_fraction", "_precision", "_recall", "_auroc")
+
+
+def is_unit_metric(key: str) -> bool:
+    """Whether metric ``key`` is a rate, fraction, coverage, precision, recall or AUROC (in [0, 1])."""
+    return "coverage" in key or key.endswith(_UNIT_ENDINGS)
+
+
+def mean_interval(values: list[float], level: float = LEVEL,
+                  bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """Mean and a Student-t interval over seeds; the interval is the mean itself for one seed.
+
+    ``bounds`` cut the interval to a metric's range (a rate's interval over 3 seeds
+    can otherwise run from -0.3 to 1.6).
 
     Example:
         >>> m, lo, hi = mean_interval([1.0, 2.0, 3.0])
         >>> round(m, 3), round(lo, 3), round(hi, 3)
         (2.0, 0.314, 3.686)
+        >>> mean_interval([0.0, 1.0, 1.0], bounds=(0.0, 1.0))[2]
+        1.0
     """
     from scipy.stats import t
 
@@ -64,7 +79,10 @@ def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, flo
     if v.size < 2:
         return m, m, m
     half = float(t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return m, lo, hi
 
 
 def _label(overrides: dict[str, Any]) -> str:
@@ -150,7 +168,7 @@ def _bars(points: list[PointSummary], keys: list[tuple[str, str]], title: str, p
         ax.set_xlabel(name)
     fig.suptitle(f"{title} (mean and 90% interval over seeds)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # long sweep-point labels stay on the canvas
     plt.close(fig)
 
 
