@@ -225,6 +225,8 @@ class Runner:
         self.discrete = self.info.action_kind == "discrete"
         self.discount = spec.instrumental.discount if spec.instrumental is not None else 0.95
         self.driver = driver_for(spec.planner, self.info, self.discount)
+        #: observation columns W predicts the change of (see `world_outputs`)
+        self.world_columns = list(world_outputs(spec, self.features))
         self.timings: dict[str, float] = {}
 
     # --- steps ----------------------------------------------------------------------
@@ -311,7 +313,7 @@ class Runner:
         wcols = role_inputs(spec.world, self.features)
         enc = _encode_actions(data.action, self.info.num_actions)
         x_w = np.concatenate([data.obs[:, wcols], enc], axis=1)
-        y_w = (data.next_obs - data.obs)[:, list(self.world_outputs())]
+        y_w = (data.next_obs - data.obs)[:, self.world_columns]
         idx = _subsample(len(x_w), cap, jax.random.fold_in(keys["w"], 1))
         action_names = list(self.info.action_input_names)
         action_ranges = ([(0.0, 1.0)] * enc.shape[1] if self.discrete
@@ -320,7 +322,7 @@ class Runner:
             spec.world, as_data(x_w[idx], y_w[idx]), key=keys["w"], role="world",
             feature_names=[self.features[c] for c in wcols] + action_names,
             feature_ranges=[self.ranges[c] for c in wcols] + action_ranges,
-            output_names=[f"delta_{self.features[c]}" for c in self.world_outputs()])
+            output_names=[f"delta_{self.features[c]}" for c in self.world_columns])
         self.timings["fit_world_s"] = time.perf_counter() - t0
 
         if spec.termination is not None:
@@ -338,10 +340,6 @@ class Runner:
         self._train_transitions = data
         return posteriors
 
-    def world_outputs(self) -> tuple[int, ...]:
-        """Observation columns W predicts (see `world_outputs`)."""
-        return world_outputs(self.spec, self.features)
-
     def _draws(self, posterior: Posterior, key: Any) -> FunctionDraws:
         p = self.spec.planner
         if "num_features" in inspect.signature(posterior.sample_functions).parameters:  # GP posteriors
@@ -358,9 +356,8 @@ class Runner:
         da = na if self.discrete else len(self.info.action_low)
         world = _select(self._draws(posteriors["world"], k_w),
                         tuple(wcols) + tuple(range(width, width + da)), width + da)
-        outputs = self.world_outputs()
-        if outputs != tuple(range(width)):
-            world = FunctionDraws(world.params, OutputScatter(world.apply_fn, outputs, width))
+        if self.world_columns != list(range(width)):
+            world = FunctionDraws(world.params, OutputScatter(world.apply_fn, tuple(self.world_columns), width))
         tcols = role_inputs(spec.terminal, self.features)
         action_space: dict[str, Any] = (
             {"num_actions": na} if self.discrete
@@ -385,8 +382,7 @@ class Runner:
         starts = jnp.asarray(states[idx], jnp.float64)
         ispec = spec.instrumental
 
-        def fit_i(targets: np.ndarray, key: Any, x: np.ndarray | None = None) -> Posterior:
-            x = states[idx] if x is None else x
+        def fit_i(x: np.ndarray, targets: np.ndarray, key: Any) -> Posterior:
             return fit_role(ispec, as_data(x[:, icols], targets), key=key, role="instrumental",
                             feature_names=[self.features[c] for c in icols],
                             feature_ranges=[self.ranges[c] for c in icols])
@@ -394,16 +390,17 @@ class Runner:
         if ispec.targets == "data_returns":
             x_d, y_d = data_returns(data, horizon=ispec.horizon, discount=ispec.discount)
             keep = _subsample(len(x_d), spec.data.max_points, jax.random.fold_in(k_i, 3))
-            posteriors["instrumental"] = fit_i(y_d[keep], k_i, x_d[keep])
+            posteriors["instrumental"] = fit_i(x_d[keep], y_d[keep], k_i)
         elif ispec.targets == "fvi":
             posteriors["instrumental"] = fitted_value_iteration(
-                base, proposal, params, keys["targets"], starts, fit=lambda y, it: fit_i(y, jax.random.fold_in(
-                    k_i, _FVI_STREAM + it)), columns=icols, iterations=ispec.horizon, discount=ispec.discount,
+                base, proposal, params, keys["targets"], starts,
+                fit=lambda y, it: fit_i(states[idx], y, jax.random.fold_in(k_i, _FVI_STREAM + it)),
+                columns=icols, iterations=ispec.horizon, discount=ispec.discount,
                 rollouts=ispec.rollouts, progress=self.progress)
         else:
             targets = np.asarray(mc_returns(base, proposal, params, keys["targets"], starts, horizon=ispec.horizon,
                                             discount=ispec.discount, rollouts=ispec.rollouts))
-            posteriors["instrumental"] = fit_i(targets, k_i)
+            posteriors["instrumental"] = fit_i(states[idx], targets, k_i)
         self.timings["fit_instrumental_s"] = time.perf_counter() - t0
         models = PlanningModels(world=world, terminal=base.terminal,
                                 instrumental=self._draws(posteriors["instrumental"], jax.random.fold_in(k_i, 2)),
@@ -580,8 +577,7 @@ class Runner:
             pred = w_post.predict(jnp.asarray(x, jnp.float64))
             for level in (0.5, 0.9):
                 m[f"world_coverage{int(level * 100)}_{split}"] = interval_coverage(
-                    (nxt - obs)[:, list(self.world_outputs())], np.asarray(pred.mean), np.asarray(pred.total_var),
-                    level=level)
+                    (nxt - obs)[:, self.world_columns], np.asarray(pred.mean), np.asarray(pred.total_var), level=level)
         if "termination" in posteriors:
             m.update(termination_scores(posteriors["termination"],
                                         np.asarray(role_inputs(self.spec.termination, self.features)),
