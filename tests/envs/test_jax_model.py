@@ -199,6 +199,13 @@ def test_model_is_a_frozen_equinox_module_and_checks_its_inputs():
         model.step(state, jnp.array([1, 2]), jax.random.key(1))
     with pytest.raises(Exception, match="action out of range"):
         jax.jit(model.step)(state, 7, jax.random.key(1)).block_until_ready()
+    # without the range check an out-of-range action is not caught, and a batched step
+    # lowers without the host callback that keeps a program out of the compilation cache
+    unchecked = functools.partial(model.step, check_action=False)
+    jax.jit(unchecked)(state, 7, jax.random.key(1)).block_until_ready()
+    batch = (jnp.stack([state, state]), jnp.array([0, 1]), jax.random.split(jax.random.key(1), 2))
+    assert "callback" in jax.jit(jax.vmap(model.step)).lower(*batch).as_text()
+    assert "callback" not in jax.jit(jax.vmap(unchecked)).lower(*batch).as_text()
     pendulum = pe.jax_model(PENDULUM, "train")
     with pytest.raises(ValueError, match=r"action must have shape \(1,\)"):
         pendulum.step(pendulum.reset(jax.random.key(0)), jnp.zeros(2), jax.random.key(1))

@@ -139,6 +139,19 @@ def test_true_instrumental_values_follow_a_in_the_true_environment():
                                -(0.9**2 + 0.9**3), rtol=1e-6)  # missing from the state after step 2 on
 
 
+def test_true_instrumental_values_compile_without_a_host_callback():
+    # the rollout runs every run; a host callback (the env's action-range check under vmap)
+    # kept it out of the persistent compilation cache, and every process compiled it again
+    from priorguard.envs import jax_model
+    from priorguard.experiments.runner import _true_instrumental_values
+
+    proposal, params = only(NOOP)
+    states = jnp.asarray([vault_state(0.0)] * 8, jnp.float32)
+    lowered = _true_instrumental_values.lower(jax_model(VAULT, "train"), proposal, params, jax.random.key(0),
+                                              states, 4, 0.9, 3)
+    assert "callback" not in lowered.as_text()
+
+
 def _transitions(episode, obs):
     from priorguard.experiments.runner import Transitions
 

@@ -89,7 +89,8 @@ class EnvModel(eqx.Module):
         noise = jax.random.uniform(key, (self.dynamics.reset_noise_size,), jnp.float32)
         return self.dynamics.initial_state(jnp, noise)
 
-    def step(self, state: Float[Array, " S"], action: Any, key: PRNGKeyArray) -> Float[Array, " S"]:
+    def step(self, state: Float[Array, " S"], action: Any, key: PRNGKeyArray, *,
+             check_action: bool = True) -> Float[Array, " S"]:
         """Next state.
 
         Args:
@@ -98,6 +99,11 @@ class EnvModel(eqx.Module):
                 to the action bounds). An out-of-range discrete action raises at
                 run time (`equinox.error_if`).
             key: PRNG key (consumed; unused by deterministic dynamics).
+            check_action: False skips the range check of a discrete action, for
+                callers whose actions are in range by construction (drawn from a
+                policy over ``num_actions``). Under ``vmap`` or ``scan`` the check
+                is a host callback, and JAX never writes a program with one to the
+                persistent compilation cache.
 
         Returns:
             float32 next state ``[S]``.
@@ -108,11 +114,12 @@ class EnvModel(eqx.Module):
             action = jnp.asarray(action)
             if action.shape != ():
                 raise ValueError(f"action must be a scalar for {dyn.env_id}; got shape {action.shape}")
-            action = fail_if(
-                action,
-                (action < 0) | (action >= dyn.num_actions),
-                f"action out of range [0, {dyn.num_actions}) for {dyn.env_id}",
-            )
+            if check_action:
+                action = fail_if(
+                    action,
+                    (action < 0) | (action >= dyn.num_actions),
+                    f"action out of range [0, {dyn.num_actions}) for {dyn.env_id}",
+                )
         else:
             action = jnp.reshape(jnp.asarray(action, jnp.float32), (-1,))
             if action.shape != dyn.action_low.shape:

@@ -818,7 +818,9 @@ def _true_instrumental_values(model: Any, proposal: Any, params: Any, key: Any, 
             s, total, alive = carry
             k_a, k_s = jax.random.split(k)
             action = proposal.sample(params, k_a, jax.vmap(model.observe)(s).astype(jnp.float64), 1)[:, 0]
-            nxt = jax.vmap(model.step)(s, action, jax.random.split(k_s, n))
+            # A's draws are in range by construction; the range check would be a host
+            # callback here (under vmap and scan), and keep the program out of the cache
+            nxt = jax.vmap(functools.partial(model.step, check_action=False))(s, action, jax.random.split(k_s, n))
             total = total + alive * jax.vmap(model.rater_value)(nxt).astype(jnp.float64)
             alive = alive * discount * (1.0 - jax.vmap(model.is_terminal)(nxt).astype(jnp.float64))
             return (nxt, total, alive), None
