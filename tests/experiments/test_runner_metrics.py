@@ -210,3 +210,33 @@ def test_data_returns_sum_the_labels_that_followed_each_state_within_its_episode
     np.testing.assert_allclose(targets, [2 + 0.5 * 3, 3 + 0.5 * 4, 4, 0, 6, 0])
     _, one = data_returns(t, horizon=1, discount=0.5)
     np.testing.assert_allclose(one, [2, 3, 4, 0, 6, 0])
+
+
+@pytest.mark.filterwarnings("ignore:GP covariance")  # the look-up table needs jitter to factorise
+@pytest.mark.parametrize("noise_floor", [None, 0.0])
+def test_the_noise_floor_keeps_lava_shifts_terminal_fit_off_a_look_up_table(noise_floor):
+    # Seed 1's deterministic labels: without the floor, MAP drives T's noise to the box
+    # bound and ends in a look-up table on one feature (lengthscales near 1e-4 and 3e6,
+    # variance 3e5), so T's std off the visited states is about 540 and the veto fires
+    # nearly everywhere.
+    from priorguard.experiments.runner import Runner
+    from priorguard.priors.spec import load_spec
+
+    spec = load_spec("lava-shift").model_copy(update={"sweep": {}}).with_overrides(
+        {"world.inference.steps": 10, **({} if noise_floor is None else {"terminal.noise_floor": noise_floor})})
+    runner = Runner(spec, 1)
+    keys = runner.keys()
+    fit_data, _ = runner.train_data(keys)
+    terminal = runner.fit_models(fit_data, keys)["terminal"]
+    h = {k.rsplit("/", 1)[-1]: np.squeeze(v) for k, v in terminal.hyperparameters.items()}
+    between = np.array([[0.5, 1.5, 1.5]])  # between visited states
+    pred = terminal.predict(jnp.asarray(between))
+    std = float(np.sqrt(np.asarray(pred.epistemic_var)).ravel()[0])
+    look_up = float(np.min(h["lengthscale"])) < 1e-3 and float(h["variance"]) > 1e3
+    assert look_up == (noise_floor == 0.0), h
+    if noise_floor is None:
+        # the likelihood's noise is the floored one (the default 0.01, in standardised units)
+        floor_var = (1e-2 * float(np.squeeze(terminal.state.y_scale))) ** 2
+        assert float(np.squeeze(pred.aleatoric_var)) >= floor_var * (1 - 1e-9) and std < 5.0, (h, std)
+    else:
+        assert std > 100.0, (h, std)

@@ -205,15 +205,16 @@ def repeated_inputs(n, unique, rng):
 
 
 @pytest.mark.parametrize("use_prior", [True, False])
-@pytest.mark.parametrize(("unique", "kernel"), [
-    (25, {"kind": "rbf"}),
-    (70, {"kind": "sum", "terms": [{"kind": "matern52"}, {"kind": "linear", "active_dims": [1]}]}),  # padded
+@pytest.mark.parametrize(("unique", "kernel", "noise_floor"), [
+    (25, {"kind": "rbf"}, 0.0),
+    (25, {"kind": "rbf"}, 0.3),  # the floored noise enters the within-group terms too
+    (70, {"kind": "sum", "terms": [{"kind": "matern52"}, {"kind": "linear", "active_dims": [1]}]}, 0.0),  # padded
 ])
-def test_grouped_repeated_inputs_give_the_same_objective_and_gradient(use_prior, unique, kernel):
+def test_grouped_repeated_inputs_give_the_same_objective_and_gradient(use_prior, unique, kernel, noise_floor):
     rng = np.random.default_rng(unique)
     prep = prepare_data(as_data(*repeated_inputs(300, unique, rng)))
     program = backend.compile_program(parse_kernel(kernel), noise=None, mean="constant",
-                                      feature_names=prep.feature_names, site_prefix="t")
+                                      feature_names=prep.feature_names, site_prefix="t", noise_floor=noise_floor)
     xg, groups = group_repeated_inputs(program, prep.x, prep.y)
     assert int(np.sum(groups.counts > 0)) == unique and xg.shape[0] >= unique and groups.counts.sum() == 300
     if unique == 70:
@@ -229,7 +230,9 @@ def test_grouped_repeated_inputs_give_the_same_objective_and_gradient(use_prior,
 
 def test_map_fit_on_repeated_inputs_matches_the_ungrouped_fit(monkeypatch):
     x, y = repeated_inputs(240, 12, np.random.default_rng(3))
-    fit = dict(inference=MapInference(method="map", steps=200), feature_ranges=[(0.0, 1.0)] * 2)
+    # without the noise floor: it flattens the objective in the noise, and the two fits
+    # then stop apart by more than the tolerance of the same objective
+    fit = dict(inference=MapInference(method="map", steps=200), feature_ranges=[(0.0, 1.0)] * 2, noise_floor=0.0)
     grouped = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), **fit)
     monkeypatch.setattr(gp_module, "GROUP_FRACTION", 0.0)  # never group
     full = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), **fit)
@@ -398,3 +401,30 @@ def test_numeric_prior_mean_is_where_the_gp_reverts_away_from_data():
     prep = prepare_data(as_data(x, y), prior_mean=0.0, feature_ranges=[(0.0, 1.0)])
     np.testing.assert_allclose(prep.y_mean, [0.0])
     np.testing.assert_allclose(prep.y_scale, [np.sqrt(np.mean(y**2))])
+
+
+def test_a_learned_noise_is_floored_in_quadrature_and_a_fixed_one_is_not():
+    from priorguard.models.gp import NOISE_FLOOR, theta_from_sites
+    from priorguard.priors.models import GPModel
+
+    assert GPModel(model="gp").noise_floor == NOISE_FLOOR  # the spec's default is the library's
+    learned = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
+                                      feature_names=["a"], site_prefix="t", noise_floor=0.3)
+    theta = theta_from_sites(learned, {"t/kernel/lengthscale": jnp.array([0.5]), "t/kernel/variance": jnp.array(1.0),
+                                       "t/noise": jnp.array(0.4)}, ())
+    assert float(theta["t/noise"]) == pytest.approx(0.5)  # sqrt(0.4^2 + 0.3^2)
+    fixed = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=0.001, mean="zero",
+                                    feature_names=["a"], site_prefix="t", noise_floor=0.3)
+    assert fixed.noise_floor == 0.0
+    with pytest.raises(ValueError, match="noise_floor"):
+        backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero", feature_names=["a"],
+                                site_prefix="t", noise_floor=-1.0)
+    # deterministic labels on repeated inputs: the MAP noise runs to the box bound without the floor
+    x = np.repeat(np.linspace(0.0, 1.0, 6), 20)[:, None]
+    y = np.sin(4 * x[:, 0])
+    fits = {floor: fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0),
+                                feature_ranges=[(0.0, 1.0)], noise_floor=floor) for floor in (0.0, NOISE_FLOOR)}
+    q = jnp.asarray(x[:1])
+    scale2 = float(np.squeeze(fits[0.0].state.y_scale)) ** 2
+    assert float(np.squeeze(fits[0.0].predict(q).aleatoric_var)) < 1e-6 * scale2
+    assert float(np.squeeze(fits[NOISE_FLOOR].predict(q).aleatoric_var)) >= NOISE_FLOOR**2 * scale2 * (1 - 1e-9)

@@ -65,7 +65,7 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> R
         bars["structure"] = [(s.expression, p) for s, p in prior[:12]]
         kernel = prior[0][0].to_kernel(ard=kernel.ard)
     program = backend.compile_program(kernel, noise=spec.noise, mean=spec.mean, feature_names=names,
-                                      site_prefix=role)
+                                      site_prefix=role, noise_floor=spec.noise_floor)
     k_hyper, k_f, k_eps = jax.random.split(key, 3)
     draws = Predictive(lambda: gp_model(program), num_samples=n)(k_hyper)
     theta = theta_from_sites(program, draws, (n,))

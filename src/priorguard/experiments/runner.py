@@ -231,14 +231,16 @@ class Runner:
 
     # --- steps ----------------------------------------------------------------------
 
-    def run(self) -> RunArtifacts:
-        spec = self.spec
-        keys = dict(zip(
+    def keys(self) -> dict[str, Any]:
+        """The run's PRNG streams, one per step, all from the seed."""
+        return dict(zip(
             ("data", "split", "t", "w", "i", "draws", "proposal", "calib", "deploy", "train", "alone", "targets"),
             jax.random.split(jax.random.key(self.seed), 12),
         ))
-        self.progress("collect train data")
-        t0 = time.perf_counter()
+
+    def train_data(self, keys: dict[str, Any]) -> tuple[Transitions, Transitions]:
+        """The train split's logged episodes: ``(fit, calibration)``, split by episode."""
+        spec = self.spec
         data = collect(spec.env, "train", spec.data.train_episodes, spec.data.behaviour, keys["data"])
         if spec.data.rater_noise > 0:
             noise_rng = np.random.default_rng(_seed_ints(keys["split"], 1)[0])
@@ -246,9 +248,15 @@ class Runner:
         episodes = np.unique(data.episode)
         n_cal = max(1, int(round(spec.data.calibration_fraction * len(episodes))))
         perm = np.asarray(jax.random.permutation(keys["split"], episodes))
-        cal_eps = perm[:n_cal]
-        is_cal = np.isin(data.episode, cal_eps)
-        fit_data, cal_data = data.subset(~is_cal), data.subset(is_cal)
+        is_cal = np.isin(data.episode, perm[:n_cal])
+        return data.subset(~is_cal), data.subset(is_cal)
+
+    def run(self) -> RunArtifacts:
+        spec = self.spec
+        keys = self.keys()
+        self.progress("collect train data")
+        t0 = time.perf_counter()
+        fit_data, cal_data = self.train_data(keys)
         self.timings["collect_s"] = time.perf_counter() - t0
 
         posteriors = self.fit_models(fit_data, keys)

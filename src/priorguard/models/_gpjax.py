@@ -153,6 +153,8 @@ class GPProgram:
         mean_constant: constant-mean site, or None for a zero mean.
         site_prefix: prefix of all site names (``terminal``, ``world`` ...).
         feature_names: names of the model's input features (columns it sees).
+        noise_floor: a std added in quadrature to a learned noise (0 for a fixed
+            one): the observation noise is ``sqrt(noise^2 + noise_floor^2)``.
     """
 
     kernel: KernelTree
@@ -160,6 +162,7 @@ class GPProgram:
     mean_constant: Hyper | None
     site_prefix: str
     feature_names: tuple[str, ...]
+    noise_floor: float = 0.0
 
     @property
     def input_dim(self) -> int:
@@ -283,8 +286,11 @@ def compile_kernel(kernel: Any, *, feature_names: Sequence[str], site_prefix: st
 
 
 def compile_program(kernel: Any, *, noise: Any, mean: str, feature_names: Sequence[str],
-                    site_prefix: str) -> GPProgram:
-    """Builds the :class:`GPProgram` of a GP spec (kernel, noise, mean)."""
+                    site_prefix: str, noise_floor: float = 0.0) -> GPProgram:
+    """Builds the :class:`GPProgram` of a GP spec (kernel, noise, mean).
+
+    ``noise_floor`` applies to a learned noise only: a fixed noise is used as given.
+    """
     tree = compile_kernel(kernel, feature_names=feature_names, site_prefix=site_prefix)
     dim = len(feature_names)
     noise_h = _make_hyper("noise", f"{site_prefix}/noise", noise, (), dim)
@@ -296,7 +302,10 @@ def compile_program(kernel: Any, *, noise: Any, mean: str, feature_names: Sequen
                              Prior(dist="Normal", params={"loc": 0.0, "scale": 1.0}), (), dim)
     elif mean != "zero":
         raise ValueError(f"mean must be 'zero' or 'constant', got {mean!r}")
-    return GPProgram(tree, noise_h, mean_h, site_prefix, tuple(feature_names))
+    if not (math.isfinite(noise_floor) and noise_floor >= 0):
+        raise ValueError(f"noise_floor must be a finite number >= 0, got {noise_floor}")
+    floor = float(noise_floor) if noise_h.fixed is None else 0.0
+    return GPProgram(tree, noise_h, mean_h, site_prefix, tuple(feature_names), floor)
 
 
 # --------------------------------------------------------------------------------------

@@ -97,6 +97,10 @@ __all__ = [
 #: Box on unconstrained hyperparameters during L-BFGS-B (e^15 ~ 3e6).
 UNCONSTRAINED_BOUND = 15.0
 
+#: Default floor of a learned observation-noise std, on standardised targets:
+#: GPyTorch's and BoTorch's noise-variance bound of 1e-4.
+NOISE_FLOOR = 1e-2
+
 
 class JitterWarning(UserWarning):
     """A covariance matrix needed jitter on its diagonal to factorise."""
@@ -257,7 +261,7 @@ def gp_model(program: GPProgram, x: Array | None = None, y: Array | None = None,
         dist = h.prior.to_numpyro(h.site)
         if h.shape:
             dist = dist.expand(h.shape).to_event(len(h.shape))
-        theta[h.site] = numpyro.sample(h.site, dist)
+        theta[h.site] = _floored(program, h, numpyro.sample(h.site, dist))
     if y is not None:
         numpyro.factor(f"{program.site_prefix}/marginal_likelihood", log_likelihood(program, theta, x, y, mll=mll))
     return theta
@@ -363,14 +367,28 @@ def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray, *,
 
 
 def theta_from_sites(program: GPProgram, values: Mapping[str, Array], lead: tuple[int, ...]) -> dict[str, Array]:
-    """Kernel/noise/mean values from sampled sites, fixed ones broadcast to ``lead``."""
+    """Kernel/noise/mean values from sampled sites, fixed ones broadcast to ``lead``.
+
+    A learned noise comes out floored (``sqrt(noise^2 + noise_floor^2)``): ``theta``
+    holds the noise the likelihood uses, the sites what the prior is on.
+    """
     out = {}
     for h in program.hypers:
         if h.fixed is not None:
             out[h.site] = jnp.full((*lead, *h.shape), h.fixed)
         else:
-            out[h.site] = jnp.asarray(values[h.site])
+            out[h.site] = _floored(program, h, jnp.asarray(values[h.site]))
     return out
+
+
+def _floored(program: GPProgram, h: Any, value: Array) -> Array:
+    # The floor keeps a learned noise off zero. Labels of a deterministic rater repeat
+    # exactly at revisited states, so the likelihood grows without bound as the noise
+    # shrinks, and MAP can end in a look-up table: a lengthscale near 0 on one feature,
+    # near e^15 on the others, a variance of 3e5 (lava-shift, one seed in three).
+    if program.noise_floor > 0 and h.site == program.noise.site:
+        return jnp.sqrt(value * value + program.noise_floor**2)
+    return value
 
 
 def latent_site_shapes(program: GPProgram) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -1160,6 +1178,7 @@ def fit_exact_gp(
     max_predictive_samples: int = 100,
     init: Mapping[str, Any] | None = None,
     prior_mean: float | None = None,
+    noise_floor: float = NOISE_FLOOR,
 ) -> GPPosterior:
     """Fits an exact GP from spec objects (the lower-level path of :func:`fit_gp`).
 
@@ -1179,6 +1198,8 @@ def fit_exact_gp(
         max_predictive_samples: NUTS draws kept (evenly thinned) for prediction.
         init: MAP starting point ``{site: [O, ...]}`` in unconstrained space.
         prior_mean: a fixed prior mean in the targets' units (see :func:`prepare_data`).
+        noise_floor: a std (model units) added in quadrature to a learned noise;
+            a fixed ``noise`` is used as given.
 
     Returns:
         A :class:`GPPosterior`.
@@ -1187,7 +1208,8 @@ def fit_exact_gp(
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
                         standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     program = backend.compile_program(_as_kernel(kernel), noise=noise, mean=mean,
-                                      feature_names=prep.feature_names, site_prefix=site_prefix)
+                                      feature_names=prep.feature_names, site_prefix=site_prefix,
+                                      noise_floor=noise_floor)
     if isinstance(inference, NutsInference):
         if not use_prior:
             raise ValueError("use_prior=False is a MAP option; NUTS samples the posterior")
@@ -1367,7 +1389,7 @@ def fit_gp(
     mean = "zero" if fixed else spec.mean
     common = dict(feature_names=feature_names, features=spec.features, feature_ranges=feature_ranges,
                   standardize=standardize, site_prefix=site_prefix, output_names=output_names,
-                  prior_mean=float(spec.mean) if fixed else None)
+                  prior_mean=float(spec.mean) if fixed else None, noise_floor=spec.noise_floor)
     if isinstance(spec.kernel, StructureSearch):
         from priorguard.models.structure_search import fit_structure_search
 

@@ -47,6 +47,7 @@ from priorguard.models.gp import (
     ExactDrawFn,
     basis_params,
     FitRecord,
+    NOISE_FLOOR,
     fit_map,
     map_objective,
     Prepared,
@@ -400,6 +401,7 @@ def fit_sparse_gp(
     output_names: Sequence[str] | None = None,
     init: str = "subset",
     prior_mean: float | None = None,
+    noise_floor: float = NOISE_FLOOR,
 ) -> SparseGPPosterior:
     """Fits a sparse variational GP (see the module docstring).
 
@@ -409,7 +411,7 @@ def fit_sparse_gp(
         key: consumed (inducing-point choice, starting point, minibatches).
         sparse: inducing points ``M``, batch size ``B``, Adam ``steps`` and learning rate.
         noise, mean, feature_names, features, feature_ranges, standardize,
-            site_prefix, output_names, prior_mean: as in :func:`~priorguard.models.gp.fit_exact_gp`.
+            site_prefix, output_names, prior_mean, noise_floor: as in :func:`~priorguard.models.gp.fit_exact_gp`.
         init: where hyperparameters start: ``"subset"`` (the MAP of an exact GP
             on :data:`SUBSET_INIT` random points, 60 L-BFGS steps) or
             ``"prior"`` (the prior median).
@@ -421,7 +423,8 @@ def fit_sparse_gp(
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
                         standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     program = backend.compile_program(_as_kernel(kernel), noise=noise, mean=mean,
-                                      feature_names=prep.feature_names, site_prefix=site_prefix)
+                                      feature_names=prep.feature_names, site_prefix=site_prefix,
+                                      noise_floor=noise_floor)
     o, n = prep.num_outputs, prep.n
     m = min(sparse.inducing, n)
     spec = sparse.model_copy(update={"inducing": m, "batch_size": min(sparse.batch_size, n)})

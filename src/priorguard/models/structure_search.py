@@ -43,6 +43,7 @@ from priorguard.models._numpyro_util import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.gp import (
     GPPosterior,
+    NOISE_FLOOR,
     MapObjective,
     Prepared,
     _exact_components,
@@ -271,6 +272,7 @@ def fit_structure_search(
     output_names: Sequence[str] | None = None,
     min_mass: float = 1e-3,
     prior_mean: float | None = None,
+    noise_floor: float = NOISE_FLOOR,
 ) -> StructurePosterior:
     """Fits every structure of ``search`` and weighs them by evidence x simplicity prior.
 
@@ -280,7 +282,7 @@ def fit_structure_search(
         data: ``x [N, D]``, ``y [N, O]`` (raw units).
         key: consumed (one subkey per structure).
         noise, mean, feature_names, features, feature_ranges, standardize,
-            site_prefix, output_names, prior_mean: as in :func:`~priorguard.models.gp.fit_exact_gp`.
+            site_prefix, output_names, prior_mean, noise_floor: as in :func:`~priorguard.models.gp.fit_exact_gp`.
         inference: MAP settings per structure (NUTS is not supported here).
         sparse: must be None (exact GPs only).
         min_mass: posterior mass a structure needs to enter the model average.
@@ -301,7 +303,8 @@ def fit_structure_search(
     rows = []
     for (structure, prob), k in zip(candidates, keys):
         program = backend.compile_program(structure.to_kernel(ard=search.ard), noise=noise, mean=mean,
-                                          feature_names=prep.feature_names, site_prefix=site_prefix)
+                                          feature_names=prep.feature_names, site_prefix=site_prefix,
+                                          noise_floor=noise_floor)
         result = fit_map(program, prep, inference, key=k)
         # BIC reads log p(y | theta*) off the factor, so it conditions every structure;
         # with Laplace only the structures that enter the average are conditioned (below).

@@ -177,6 +177,13 @@ class GPModel(_ModelBase):
         ),
     ] = Field(default_factory=lambda: MapInference(method="map"))
     sparse: SparseSpec | None = None
+    #: A std added in quadrature to a learned observation noise (standardised
+    #: targets): the likelihood's noise is ``sqrt(noise^2 + noise_floor^2)``.
+    #: Deterministic labels repeat exactly at revisited states, and without a
+    #: floor MAP can drive the noise to 0 and fit a look-up table. The default is
+    #: GPyTorch's and BoTorch's noise-variance bound (1e-4); a fixed ``noise`` is
+    #: used as given.
+    noise_floor: float = Field(default=1e-2, ge=0.0, le=1.0)
 
 
 class BNNModel(_ModelBase):
