@@ -66,3 +66,25 @@ def test_a_gp_world_model_names_its_outputs_in_the_datatree():
                     output_names=["delta_cos_theta", "delta_theta_dot"])
     tree = post.to_datatree()
     assert list(tree["posterior"].ds["output"].values) == ["delta_cos_theta", "delta_theta_dot"]
+
+
+def test_a_bnn_world_models_datatree_names_its_inputs_and_outputs():
+    import jax
+
+    from priorguard.models.base import as_data
+    from priorguard.models.bnn import fit_bnn
+    from priorguard.models.roles import fit_role
+    from priorguard.priors.models import BNNModel
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (30, 2))
+    y = np.stack([x[:, 0] * 0.1, -x[:, 1] * 0.2], axis=1)
+    spec = BNNModel(model="bnn", hidden=[4], inference={"method": "map", "steps": 20})
+    post = fit_role(spec, as_data(x, y), key=jax.random.key(0), role="world", feature_names=["a", "action_0"],
+                    output_names=["delta_cos_theta", "delta_theta_dot"])
+    tree = post.to_datatree()
+    assert list(tree["posterior"].ds["output"].values) == ["delta_cos_theta", "delta_theta_dot"]
+    assert list(tree["posterior"].ds["feature"].values) == ["a", "action_0"]
+    assert tree["posterior"]["world.layer1.w"].dims[-1] == "output"
+    with pytest.raises(ValueError, match="output_names has 1 names for 2 columns"):
+        fit_bnn(spec, as_data(x, y), key=jax.random.key(0), output_names=["delta_a"])

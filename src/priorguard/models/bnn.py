@@ -623,6 +623,9 @@ class BNNPosterior:
     data: Data
     _scaling: _Scaling = dataclasses.field(repr=False)
     _predictive_key: Any = dataclasses.field(repr=False)
+    #: names of the ``D`` inputs and ``O`` outputs in the DataTree (None: indices)
+    feature_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
 
     # -- Posterior protocol ------------------------------------------------------
 
@@ -773,11 +776,16 @@ class BNNPosterior:
                 "acceptance_rate": st["accept_prob"],
                 "step_size": np.broadcast_to(st["step_size"][:, None], st["diverging"].shape).copy(),
             }
+        if self.feature_names is not None:
+            features: Any = list(self.feature_names)
+        elif self.spec.features and len(self.spec.features) == x.shape[1]:
+            features = list(self.spec.features)
+        else:
+            features = np.arange(x.shape[1])
         coords = {
             "obs": np.arange(n),
-            "feature": list(self.spec.features) if self.spec.features and len(self.spec.features) == x.shape[1]
-            else np.arange(x.shape[1]),
-            "output": np.arange(y.shape[1]),
+            "feature": features,
+            "output": list(self.output_names) if self.output_names is not None else np.arange(y.shape[1]),
             **{f"hidden{i}": np.arange(w) for i, w in enumerate(fit.widths)},
         }
         dt = az.from_dict(
@@ -852,7 +860,8 @@ def _as_spec(spec: Any) -> BNNModel:
 
 def fit_bnn(spec: BNNModel | Mapping[str, Any], data: Data, *, key: PRNGKeyArray,
             site_prefix: str = "world", feature_ranges: Any = None,
-            symmetry_correction: bool = False) -> BNNPosterior:
+            symmetry_correction: bool = False, feature_names: Sequence[str] | None = None,
+            output_names: Sequence[str] | None = None) -> BNNPosterior:
     """Fits a Bayesian MLP to ``data`` as the spec says.
 
     Args:
@@ -867,6 +876,9 @@ def fit_bnn(spec: BNNModel | Mapping[str, Any], data: Data, *, key: PRNGKeyArray
         symmetry_correction: add the log of the number of equivalent hidden-unit
             relabellings to each depth's evidence (speed prior only; off by
             default, see the module notes).
+        feature_names: names of the ``D`` inputs, the DataTree's ``feature``
+            coordinate (None: the spec's ``features`` when they match, else indices).
+        output_names: names of the ``O`` outputs, its ``output`` coordinate (None: indices).
 
     Returns:
         The :class:`BNNPosterior`.
@@ -889,6 +901,9 @@ def fit_bnn(spec: BNNModel | Mapping[str, Any], data: Data, *, key: PRNGKeyArray
         raise ValueError(f"spec.features names {len(spec.features)} inputs but data.x has D = {d} columns")
     if not (bool(jnp.all(jnp.isfinite(data.x))) and bool(jnp.all(jnp.isfinite(data.y)))):
         raise ValueError("data.x and data.y must be finite")
+    for what, names, size in (("feature_names", feature_names, d), ("output_names", output_names, o)):
+        if names is not None and len(names) != size:
+            raise ValueError(f"{what} has {len(names)} names for {size} columns: {list(names)}")
     scaling = _Scaling.from_data(data, feature_ranges)
     xs, ys = scaling.x(data.x), scaling.y(data.y)
 
@@ -920,7 +935,9 @@ def fit_bnn(spec: BNNModel | Mapping[str, Any], data: Data, *, key: PRNGKeyArray
         w = np.exp(log_post - log_post.max())
         probs = tuple(float(v) for v in w / w.sum())
     return BNNPosterior(spec=spec, site_prefix=site_prefix, fits=fits, depth_prior_probs=prior_probs,
-                        depth_probs=probs, data=data, _scaling=scaling, _predictive_key=key_pred)
+                        depth_probs=probs, data=data, _scaling=scaling, _predictive_key=key_pred,
+                        feature_names=None if feature_names is None else tuple(feature_names),
+                        output_names=None if output_names is None else tuple(output_names))
 
 
 class BNN:

@@ -39,7 +39,8 @@ def fit_role(
         role: the site prefix (``terminal/kernel/lengthscale``, ``world/layer0/w``).
         feature_names: names of the ``D`` input columns.
         feature_ranges: ``(low, high)`` of each input column.
-        output_names: names of the ``O`` outputs in a GP's DataTree (default ``y0 ...``).
+        output_names: names of the ``O`` outputs in the DataTree (default: ``y0 ...`` for a GP,
+            indices for a BNN).
 
     Returns:
         A :class:`~priorguard.models.base.Posterior`.
@@ -56,7 +57,8 @@ def fit_role(
     if isinstance(spec, BNNModel):
         from priorguard.models.bnn import fit_bnn
 
-        return fit_bnn(spec, data, key=key, site_prefix=role, feature_ranges=feature_ranges)
+        return fit_bnn(spec, data, key=key, site_prefix=role, feature_ranges=feature_ranges,
+                       feature_names=list(feature_names), output_names=output_names)
     raise TypeError(f"not a model spec: {type(spec).__name__}")
 
 
