@@ -428,3 +428,4 @@ def test_a_learned_noise_is_floored_in_quadrature_and_a_fixed_one_is_not():
     scale2 = float(np.squeeze(fits[0.0].state.y_scale)) ** 2
     assert float(np.squeeze(fits[0.0].predict(q).aleatoric_var)) < 1e-6 * scale2
     assert float(np.squeeze(fits[NOISE_FLOOR].predict(q).aleatoric_var)) >= NOISE_FLOOR**2 * scale2 * (1 - 1e-9)
+    assert fits[NOISE_FLOOR].to_datatree().attrs["noise_floor"] == NOISE_FLOOR

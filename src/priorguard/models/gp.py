@@ -1512,7 +1512,8 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     groups.update(observation_groups(prep, prefix, loo, (f + eps * noise_sd)[None]))
     dt = xr.DataTree.from_dict(groups)
     dt.attrs.update({"model": "gp", "inference": record.method, "site_prefix": prefix,
-                     "kernel": st.program.describe(), "jitter": post.jitter})
+                     "kernel": st.program.describe(), "jitter": post.jitter,
+                     "noise_floor": st.program.noise_floor})
     if record.method != "nuts":
         dt.attrs["elpd_loo_exact"] = float(np.sum(loo))
     loso = leave_one_state_out(st, theta if record.method == "nuts" else None)

@@ -381,7 +381,8 @@ class SparseGPPosterior(eqx.Module):
         groups.update(observation_groups(prep, prefix, ll[None, None], y_rep[None]))
         dt = xr.DataTree.from_dict(groups)
         dt.attrs.update({"model": "svgp", "inference": "map", "site_prefix": prefix,
-                         "kernel": self.state.program.describe(), "inducing": int(self.state.z.shape[1])})
+                         "kernel": self.state.program.describe(), "inducing": int(self.state.z.shape[1]),
+                         "noise_floor": self.state.program.noise_floor})
         return dt
 
 
