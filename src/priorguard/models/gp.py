@@ -81,7 +81,7 @@ from priorguard.models._numpyro_util import (
 )
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.priors.kernels import StructureSearch
-from priorguard.priors.models import GPModel, MapInference, NutsInference
+from priorguard.priors.models import NOISE_FLOOR, GPModel, MapInference, NutsInference
 
 __all__ = [
     "GPNumericalError",
@@ -96,10 +96,6 @@ __all__ = [
 
 #: Box on unconstrained hyperparameters during L-BFGS-B (e^15 ~ 3e6).
 UNCONSTRAINED_BOUND = 15.0
-
-#: Default floor of a learned observation-noise std, on standardised targets:
-#: GPyTorch's and BoTorch's noise-variance bound of 1e-4.
-NOISE_FLOOR = 1e-2
 
 
 class JitterWarning(UserWarning):

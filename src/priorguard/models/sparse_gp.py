@@ -47,7 +47,6 @@ from priorguard.models.gp import (
     ExactDrawFn,
     basis_params,
     FitRecord,
-    NOISE_FLOOR,
     fit_map,
     map_objective,
     Prepared,
@@ -60,7 +59,7 @@ from priorguard.models.gp import (
     prepare_data,
     theta_from_sites,
 )
-from priorguard.priors.models import MapInference, SparseSpec
+from priorguard.priors.models import NOISE_FLOOR, MapInference, SparseSpec
 
 __all__ = ["SparseGPPosterior", "fit_sparse_gp"]
 

@@ -43,7 +43,6 @@ from priorguard.models._numpyro_util import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.gp import (
     GPPosterior,
-    NOISE_FLOOR,
     MapObjective,
     Prepared,
     _exact_components,
@@ -56,7 +55,7 @@ from priorguard.models.gp import (
     prepare_data,
 )
 from priorguard.priors.kernels import StructureSearch
-from priorguard.priors.models import MapInference, NutsInference, SparseSpec
+from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference, SparseSpec
 from priorguard.priors.structure import KernelStructure, structure_prior
 
 __all__ = ["StructureFit", "StructurePosterior", "fit_structure_search", "log_evidence"]

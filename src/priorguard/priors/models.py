@@ -158,6 +158,11 @@ class _ModelBase(_Strict):
         return self
 
 
+#: Default floor of a learned GP observation-noise std, on standardised targets:
+#: GPyTorch's and BoTorch's noise-variance bound of 1e-4 (see ``GPModel.noise_floor``).
+NOISE_FLOOR = 1e-2
+
+
 class GPModel(_ModelBase):
     """A Gaussian process with an explicit kernel and hyperpriors."""
 
@@ -183,7 +188,7 @@ class GPModel(_ModelBase):
     #: floor MAP can drive the noise to 0 and fit a look-up table. The default is
     #: GPyTorch's and BoTorch's noise-variance bound (1e-4); a fixed ``noise`` is
     #: used as given.
-    noise_floor: float = Field(default=1e-2, ge=0.0, le=1.0)
+    noise_floor: float = Field(default=NOISE_FLOOR, ge=0.0, le=1.0)
 
 
 class BNNModel(_ModelBase):
