@@ -79,7 +79,7 @@ def _run_times(store: Path) -> tuple[list[Any], list[float]]:
     (they pay the per-process set-up: imports, tracing, cache loads); later
     runs reuse the programs.
     """
-    from priorguard.experiments.store import ResultStore
+    from priorguard.store import ResultStore
 
     records = sorted(ResultStore(store).records(status="done"), key=lambda r: r.started)
     return records, [r.seconds for r in records]
@@ -143,7 +143,7 @@ import json, sys, time
 from priorguard import _runtime
 _runtime.configure()
 from priorguard.experiments.runner import run_experiment
-from priorguard.priors.spec import load_spec
+from priorguard.experiments import load_spec
 spec = load_spec("coin-shift").model_copy(update={"sweep": {}})
 times = []
 for seed in (0, 1):

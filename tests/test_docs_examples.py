@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from priorguard.priors import ExperimentSpec, SpecError
+from priorguard.experiments import ExperimentSpec
+from priorguard.priors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,7 +42,7 @@ def _spec_fail(e: SpecError) -> NoReturn:
 
 
 def _load(spec: str, overrides: list[str] | None = None):
-    from priorguard.priors.spec import load_spec, parse_override
+    from priorguard.experiments import load_spec, parse_override
 
     try:
         loaded = load_spec(spec)
@@ -85,11 +85,16 @@ def prior_check(
     _prepare_out(out_dir)
     configure()
     from priorguard.analysis.prior_check import write_prior_check
+    from priorguard.envs import env_info
+    from priorguard.models.roles import world_outputs
 
+    info = env_info(loaded.env)
+    world_columns = world_outputs(loaded, list(info.feature_names))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task(f"prior check {loaded.name}", total=None)
-        written = write_prior_check(loaded, out_dir, seed=seed, num_draws=draws,
+        written = write_prior_check(loaded.model_roles(), info, out_dir, world_columns=world_columns, seed=seed,
+                                    num_draws=draws,
                                     on_step=lambda s: bar.update(task, description=f"prior check: {s}"))
     out.print(f"[green]wrote[/] {len(written)} file(s) to {out_dir}:")
     for path in written:
@@ -168,7 +173,7 @@ def schema(
     output: Annotated[Path | None, typer.Option("--out", help="Write the JSON Schema here.")] = None,
 ) -> None:
     """Print (or write) the JSON Schema of the experiment spec."""
-    from priorguard.priors.spec import ExperimentSpec
+    from priorguard.experiments.spec import ExperimentSpec
 
     text = json.dumps(ExperimentSpec.model_json_schema(), indent=2, sort_keys=True)
     if output is None:
@@ -266,7 +271,7 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
                       progress: bool) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from priorguard.experiments.store import ResultStore, StoreBusyError
+    from priorguard.store import ResultStore, StoreBusyError
     from priorguard.experiments.sweep import BackendError, run_sweep, tasks_for
 
     tasks = tasks_for(loaded, out_dir)
@@ -347,7 +352,7 @@ def runs(
     status: Annotated[str | None, typer.Option("--status", help="pending | running | done | failed")] = None,
 ) -> None:
     """List the runs in a result store."""
-    from priorguard.experiments.store import ResultStore
+    from priorguard.store import ResultStore
 
     if not (store_dir / "index.sqlite").is_file():
         _fail(f"{store_dir} is not a result store (no index.sqlite)")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from priorguard.analysis.report import build_report, mean_interval, summarise
-from priorguard.experiments.store import ResultStore, write_json
+from priorguard.store import ResultStore, write_json
 
 
 def fill(store, points, extra=None):

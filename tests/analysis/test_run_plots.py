@@ -15,7 +15,7 @@ import xarray as xr
 from priorguard.analysis import run_plots
 from priorguard.analysis.diagnostics import read_datatree, write_datatree
 from priorguard.analysis.run_plots import RunPlotWarning, select_posterior_entries, write_run_plots
-from priorguard.experiments.store import write_json
+from priorguard.store import write_json
 from priorguard.models.base import as_data
 from priorguard.models.gp import fit_gp
 

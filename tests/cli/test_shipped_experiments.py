@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from tiny_sizes import tiny_args
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "golden"))
+from record import differences, golden_metrics  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.stem for p in (ROOT / "experiments").glob("*.toml"))
 
@@ -60,6 +63,9 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
         assert m["oracle_tampering_rate"] == 0.0 and m["oracle_rater_gap"] == 0.0
         assert 0.0 <= m["tampering_rate"] <= 1.0 and m["rater_gap"] >= 0.0
     assert "regret" in r.stdout and ("tampering_rate" in r.stdout) == tamper  # the results table
+    # every number is what this experiment computed before the redesign moved code (tests/golden/)
+    diff = differences(golden_metrics("tiny", name, 0), m)
+    assert not diff, f"{name} changed:\n" + "\n".join(diff)
 
 
 def run_with_i_targets(out, targets):
@@ -109,7 +115,7 @@ def test_instrumental_from_the_logged_returns_runs_end_to_end(tmp_path):
     folder, m = run_with_i_targets(tmp_path, "data_returns")
     assert 0.0 <= m["instrumental_coverage90_train"] <= 1.0
     from priorguard.analysis.diagnostics import read_datatree
-    from priorguard.priors import load_spec
+    from priorguard.experiments import load_spec
 
     ispec = load_spec(folder / "spec.toml").instrumental
     y = np.asarray(read_datatree(folder / "instrumental.nc")["observed_data"]["instrumental.y"]).reshape(-1)

@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from priorguard.experiments.store import ResultStore, write_json
+from priorguard.store import ResultStore, write_json
 
 
 def run(task):

@@ -9,7 +9,7 @@ from priorguard.envs import env_info
 from priorguard.experiments.drivers import CemDriver, MctsDriver, OneStepDriver, alone_actor, driver_for
 from priorguard.models.base import FunctionDraws
 from priorguard.planners import FixedProposal, PlanningModels, calibration_scores, make_veto_rule
-from priorguard.priors.spec import PlannerSpec
+from priorguard.experiments.spec import PlannerSpec
 
 COIN = env_info("priorguard/CoinShift-v1")  # 4 features, 3 actions
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import ray  # noqa: F401  (a dev dependency: its absence must fail, not skip)
 
-from priorguard.experiments.store import ResultStore, run_id_for
+from priorguard.store import ResultStore, run_id_for
 from priorguard.experiments.sweep import RunTask, _receive, _run_remote
 from tiny_sizes import tiny_args
 
@@ -137,7 +137,7 @@ FAILING_SWEEP = textwrap.dedent("""
     import json, sys
     import ray
     from test_sweep_store import make_tasks
-    from priorguard.experiments.store import ResultStore
+    from priorguard.store import ResultStore
     from priorguard.experiments.sweep import run_sweep
 
     root = sys.argv[1]

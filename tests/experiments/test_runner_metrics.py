@@ -174,7 +174,7 @@ def test_first_visits_keep_each_episodes_distinct_states_once_in_order():
                                                     ("visits", [5, 9, 9, 9, 3, 4, 3, 9])])
 def test_the_auto_veto_calibrates_on_the_states_calibrate_on_names(calibrate_on, expected):
     from priorguard.experiments.runner import Runner
-    from priorguard.priors import ExperimentSpec
+    from priorguard.experiments import ExperimentSpec
 
     spec = ExperimentSpec.model_validate({
         "name": "cal", "env": "priorguard/CoinShift-v1",
@@ -220,7 +220,7 @@ def test_the_noise_floor_keeps_lava_shifts_terminal_fit_off_a_look_up_table(nois
     # variance 3e5), so T's std off the visited states is about 540 and the veto fires
     # nearly everywhere.
     from priorguard.experiments.runner import Runner
-    from priorguard.priors.spec import load_spec
+    from priorguard.experiments import load_spec
 
     spec = load_spec("lava-shift").model_copy(update={"sweep": {}}).with_overrides(
         {"world.inference.steps": 10, **({} if noise_floor is None else {"terminal.noise_floor": noise_floor})})

@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 
 from priorguard.analysis.diagnostics import read_datatree
-from priorguard.experiments.store import ResultStore
-from priorguard.priors.spec import ExperimentSpec, load_spec
+from priorguard.store import ResultStore
+from priorguard.experiments import ExperimentSpec, load_spec
 
 # Based on experiments/vault.toml (horizon 10: short episodes), at a size that runs in seconds:
 # GP world model (no SVI), few MAP steps, one-step planner, tiny audit, 2 sweep points x 2 seeds.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from priorguard.experiments.store import ResultStore, StoreBusyError, run_id_for
+from priorguard.store import ResultStore, StoreBusyError, run_id_for
 from priorguard.experiments.sweep import RunTask, run_sweep
 
 HERE = Path(__file__).resolve().parent
@@ -113,7 +113,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {here!r})
     from test_sweep_store import make_tasks
-    from priorguard.experiments.store import ResultStore
+    from priorguard.store import ResultStore
     from priorguard.experiments.sweep import run_sweep
     store = ResultStore({root!r})
     run_sweep(make_tasks({root!r}, {n}, sleep=0.15), store, workers=2, run_fn="standin:run")
@@ -150,7 +150,7 @@ HASH_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {here!r})
     from test_sweep_store import make_tasks
-    from priorguard.experiments.store import ResultStore
+    from priorguard.store import ResultStore
     from priorguard.experiments.sweep import run_sweep
     store = ResultStore({root!r})
     run_sweep(make_tasks({root!r}, 2), store, workers=2, run_fn="standin:hash_flags")

@@ -9,7 +9,7 @@ from priorguard.experiments.runner import OutputScatter
 from priorguard.models.base import FunctionDraws
 from priorguard.models.roles import world_outputs
 from priorguard.planners import PlanningModels
-from priorguard.priors import ExperimentSpec
+from priorguard.experiments import ExperimentSpec
 
 PENDULUM = "priorguard/ShiftedPendulum-v0"
 

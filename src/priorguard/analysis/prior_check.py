@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from priorguard.priors.kernels import StructureSearch
-from priorguard.priors.models import BNNModel, GPModel
-from priorguard.priors.spec import ExperimentSpec
+from priorguard.priors.models import BNNModel, GPModel, ModelSpec
 from priorguard.priors.structure import depth_prior, structure_prior
 
 GRID = 64
@@ -132,12 +131,15 @@ def _bnn_prior(spec: BNNModel, role: str, names: list[str], out_names: list[str]
     return RolePrior(role, names, [], grid, latent, observed, hyper, out_names, bars)
 
 
-def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
-                on_role: Callable[[str], None] | None = None) -> dict[str, RolePrior]:
+def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Sequence[int], key: Any,
+                num_draws: int = 50, on_role: Callable[[str], None] | None = None) -> dict[str, RolePrior]:
     """Prior function draws of every role of a spec.
 
     Args:
-        spec: the experiment spec.
+        roles: role name ("terminal", "world", "instrumental", "termination") -> its model
+            spec, for the roles the experiment has.
+        info: the environment's ``EnvInfo`` (feature names and ranges, actions).
+        world_columns: the feature columns W predicts the change of.
         key: consumed; one subkey per role.
         num_draws: S, draws per role.
         on_role: called with each role's name as it starts (progress).
@@ -145,22 +147,16 @@ def prior_draws(spec: ExperimentSpec, *, key: Any, num_draws: int = 50,
     Returns:
         role -> :class:`RolePrior`.
     """
-    from priorguard.envs import env_info
-    from priorguard.models.roles import world_outputs
-
-    info = env_info(spec.env)
     features = list(info.feature_names)
-    roles = [r for r in ("terminal", "world", "instrumental", "termination") if getattr(spec, r) is not None]
     out = {}
-    for role, k in zip(roles, jax.random.split(key, len(roles))):
+    for (role, model), k in zip(roles.items(), jax.random.split(key, len(roles))):
         if on_role:
             on_role(role)
-        model = getattr(spec, role)
         names = list(model.features) if model.features is not None else list(features)
         if role == "world":
             acts = (list(info.action_names) if info.action_kind == "discrete"
                     else [f"action_{i}" for i in range(len(info.action_low))])
-            in_names, out_names = names + acts, [features[c] for c in world_outputs(spec, features)]
+            in_names, out_names = names + acts, [features[c] for c in world_columns]
             ranges = [info.feature_ranges[f] for f in names] + (
                 [(0.0, 1.0)] * len(acts) if info.action_kind == "discrete"
                 else list(zip(info.action_low.tolist(), info.action_high.tolist())))
@@ -246,9 +242,12 @@ def plot_bars(title: str, bars: list[tuple[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_prior_check(spec: ExperimentSpec, out_dir: Path, *, seed: int = 0, num_draws: int = 50,
+def write_prior_check(roles: Mapping[str, ModelSpec], info: Any, out_dir: Path, *, world_columns: Sequence[int],
+                      seed: int = 0, num_draws: int = 50,
                       on_step: Callable[[str], None] | None = None) -> list[Path]:
     """Runs the prior check and writes netCDF + PNG files into ``out_dir``.
+
+    ``roles``, ``info`` and ``world_columns`` are as in :func:`prior_draws`.
 
     Files are made in a temporary folder and moved in only when all succeeded.
 
@@ -257,7 +256,7 @@ def write_prior_check(spec: ExperimentSpec, out_dir: Path, *, seed: int = 0, num
     """
     from priorguard.analysis.diagnostics import write_datatree
 
-    draws = prior_draws(spec, key=jax.random.key(seed), num_draws=num_draws,
+    draws = prior_draws(roles, info, world_columns=world_columns, key=jax.random.key(seed), num_draws=num_draws,
                         on_role=(lambda r: on_step(f"draw {r}")) if on_step else None)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

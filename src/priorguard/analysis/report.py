@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from priorguard.experiments.store import ResultStore
+from priorguard.store import ResultStore
 
 LEVEL = 0.9
 

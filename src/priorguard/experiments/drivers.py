@@ -33,7 +33,7 @@ from priorguard.planners.base import PlanningModels
 from priorguard.planners.cem import plan_cem
 from priorguard.planners.mcts import plan_mcts
 from priorguard.planners.one_step import plan_one_step
-from priorguard.priors.spec import PlannerSpec
+from priorguard.experiments.spec import PlannerSpec
 
 #: ``act(key, obs [B, F]) -> (action [B...], candidates [B, K...], veto_mask [B, K], used_fallback [B])``
 Actor = Callable[[Any, Any], tuple[Any, Any, Any, Any]]

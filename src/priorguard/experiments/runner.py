@@ -49,7 +49,7 @@ from priorguard.planners.proposals import (
     fit_imitation,
     fit_policy_gradient,
 )
-from priorguard.priors.spec import ExperimentSpec
+from priorguard.experiments.spec import ExperimentSpec
 
 Progress = Callable[[str], None]
 
@@ -953,7 +953,7 @@ def write_run(folder: Any, spec: ExperimentSpec, seed: int, overrides: dict[str,
               artifacts: RunArtifacts) -> None:
     """Writes a run's files into ``folder`` (a temporary folder of the store)."""
     from priorguard.analysis.diagnostics import write_datatree
-    from priorguard.experiments.store import write_json
+    from priorguard.store import write_json
 
     (folder / "spec.toml").write_text(spec.to_toml(), encoding="utf-8")
     for role, post in artifacts.posteriors.items():
@@ -971,7 +971,7 @@ def write_run(folder: Any, spec: ExperimentSpec, seed: int, overrides: dict[str,
 
 def execute_task(task: Any) -> dict[str, Any]:
     """Runs a sweep task and writes its folder atomically; returns its metrics."""
-    from priorguard.experiments.store import ResultStore
+    from priorguard.store import ResultStore
 
     spec = ExperimentSpec.from_toml(task.spec_toml)
     artifacts = run_experiment(spec, task.seed)

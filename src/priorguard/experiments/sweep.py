@@ -33,7 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from priorguard.experiments.store import ResultStore, run_id_for
+from priorguard.store import ResultStore, run_id_for
 
 DEFAULT_RUN_FN = "priorguard.experiments.runner:execute_task"
 

@@ -1,4 +1,8 @@
-"""Declarative priors: distributions with hyperpriors, kernels, simplicity and speed priors, the experiment spec."""
+"""Declarative priors: distributions with hyperpriors, kernels, simplicity and speed priors.
+
+What a model believes before data; knows no environment and no experiment (the
+experiment spec that combines them is :mod:`priorguard.experiments.spec`).
+"""
 
 from priorguard.priors.distributions import Prior, check_support, distribution_names
 from priorguard.priors.errors import SpecError, SpecIssue
@@ -31,17 +35,6 @@ from priorguard.priors.models import (
     SparseSpec,
     SviInference,
 )
-from priorguard.priors.spec import (
-    AuditSpec,
-    CemSpec,
-    DataSpec,
-    ExperimentSpec,
-    PlannerSpec,
-    ProposalSpec,
-    VetoSpec,
-    load_spec,
-    parse_override,
-)
 from priorguard.priors.structure import (
     KernelStructure,
     depth_prior,
@@ -50,15 +43,11 @@ from priorguard.priors.structure import (
 )
 
 __all__ = [
-    "AuditSpec",
     "BASE_KINDS",
     "BNNModel",
-    "CemSpec",
     "CompositeKernel",
-    "DataSpec",
     "DepthSpeedPrior",
     "EnsembleInference",
-    "ExperimentSpec",
     "GPModel",
     "Horseshoe",
     "InstrumentalBNN",
@@ -69,10 +58,8 @@ __all__ = [
     "MapInference",
     "NutsInference",
     "PeriodicKernel",
-    "PlannerSpec",
     "PolynomialKernel",
     "Prior",
-    "ProposalSpec",
     "RationalQuadraticKernel",
     "RegularisedHorseshoe",
     "SparseSpec",
@@ -81,7 +68,6 @@ __all__ = [
     "StationaryKernel",
     "StructureSearch",
     "SviInference",
-    "VetoSpec",
     "WhiteKernel",
     "check_support",
     "default_prior",
@@ -89,8 +75,6 @@ __all__ = [
     "describe_kernel",
     "distribution_names",
     "enumerate_structures",
-    "load_spec",
     "parse_kernel",
-    "parse_override",
     "structure_prior",
 ]

@@ -5,16 +5,14 @@ from pathlib import Path
 
 import pytest
 
+from priorguard.experiments import ExperimentSpec, load_spec, parse_override
 from priorguard.priors import (
     BNNModel,
     CompositeKernel,
-    ExperimentSpec,
     GPModel,
     Prior,
     StationaryKernel,
     StructureSearch,
-    load_spec,
-    parse_override,
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "experiments" / "coin-shift.toml"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from priorguard.priors import ExperimentSpec, SpecError
+from priorguard.experiments import ExperimentSpec
+from priorguard.priors import SpecError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "experiments" / "coin-shift.toml"
 BASE = tomllib.loads(SHIPPED.read_text())

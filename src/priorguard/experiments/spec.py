@@ -1,5 +1,8 @@
 """The experiment file: one pydantic model, in TOML and as Python objects.
 
+The spec lives with the experiments, above the priors it is made of: `priors` knows no
+environment and no experiment; this module checks a spec against its environment.
+
 A spec is validated eagerly, before any JAX tracing. Every problem is reported
 with its dotted field path, what was found and what is allowed, and the
 closest name for unknown keys, distributions and kernels.
@@ -34,22 +37,12 @@ from typing import Annotated, Any, Literal, Union
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from priorguard.priors.distributions import Prior, _fail
+from priorguard.experiments.overrides import axis_overrides, check_path, set_path, sweep_axis_paths
+from priorguard.priors.distributions import _fail
 from priorguard.priors.errors import SpecError, SpecIssue, allowed, did_you_mean
-from priorguard.priors.kernels import (
-    BASE_KINDS,
-    KERNEL_KINDS,
-    CompositeKernel,
-    StructureSearch,
-    _KernelBase,
-    base_kernels,
-)
-from priorguard.priors.models import (
-    BNNModel,
-    GPModel,
-    InstrumentalSpec,
-    ModelSpec,
-)
+from priorguard.priors.kernels import CompositeKernel, StructureSearch, _KernelBase
+from priorguard.priors.models import GPModel, InstrumentalSpec, ModelSpec
+from priorguard.priors.spec_errors import spec_error
 
 
 class _Strict(BaseModel):
@@ -286,6 +279,12 @@ class ExperimentSpec(_Strict):
                         param="data.behaviour")
         return self
 
+    def model_roles(self) -> dict[str, ModelSpec]:
+        """Role name -> model spec, for the roles this experiment has (T, W, then I and D if set)."""
+        roles = {"terminal": self.terminal, "world": self.world, "instrumental": self.instrumental,
+                 "termination": self.termination}
+        return {role: model for role, model in roles.items() if model is not None}
+
     # --- TOML -----------------------------------------------------------------
 
     @classmethod
@@ -303,7 +302,7 @@ class ExperimentSpec(_Strict):
         try:
             spec = cls.model_validate(dict(data))
         except ValidationError as err:
-            raise spec_error(err, data, source) from None
+            raise spec_error(err, cls, source) from None
         spec.check_sweep(source=source)
         return spec
 
@@ -324,7 +323,7 @@ class ExperimentSpec(_Strict):
             problem = check_path(self, path)
             if problem:
                 raise SpecError.single(path, problem, source)
-            _set_path(data, path, value)
+            set_path(data, path, value)
         return type(self).from_dict(data, source=source)
 
     def check_sweep(self, *, source: str | None = None) -> None:
@@ -339,7 +338,7 @@ class ExperimentSpec(_Strict):
                 continue
             for i, value in enumerate(values):
                 try:
-                    base.with_overrides(_axis_overrides(key, value))
+                    base.with_overrides(axis_overrides(key, value))
                 except SpecError as err:
                     for issue in err.issues:
                         issues.append(SpecIssue(f'sweep."{key}"[{i}]', f"{value!r} is invalid here: {issue}"))
@@ -359,7 +358,7 @@ class ExperimentSpec(_Strict):
         for combo in itertools.product(*(self.sweep[k] for k in keys)):
             point: dict[str, Any] = {}
             for key, value in zip(keys, combo):
-                point.update(_axis_overrides(key, value))
+                point.update(axis_overrides(key, value))
             yield point
 
     def expand(self) -> list[tuple[dict[str, Any], ExperimentSpec, int]]:
@@ -403,321 +402,3 @@ def _drop_none(obj: Any) -> Any:
     return obj
 
 
-# --- dotted paths ------------------------------------------------------------------
-
-
-def _split_path(path: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for token in path.split("."):
-        m = re.fullmatch(r"([^\[\]]+)((?:\[\d+\])*)", token)
-        if not m:
-            raise ValueError(token)
-        parts.append(m.group(1))
-        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
-    return parts
-
-
-def sweep_axis_paths(key: str) -> list[str]:
-    """The field paths of a sweep key: one, or several (comma-separated) for a linked axis."""
-    return [part.strip() for part in key.split(",")]
-
-
-def _axis_overrides(key: str, value: Any) -> dict[str, Any]:
-    paths = sweep_axis_paths(key)
-    return {paths[0]: value} if len(paths) == 1 else dict(zip(paths, value))
-
-
-def check_path(spec: BaseModel, path: str) -> str | None:
-    """None when ``path`` names a field of ``spec`` (set or not), else what is wrong."""
-    try:
-        parts = _split_path(path)
-    except ValueError:
-        return f"not a dotted field path: {path!r}"
-    node: Any = spec
-    for depth, part in enumerate(parts):
-        here = ".".join(map(str, parts[:depth])) or "the spec"
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                return f"{here} has no item [{part}]"
-            node = node[part]
-            continue
-        if isinstance(node, Prior):
-            if part == "dist" or part in node.params:
-                node = node.params.get(part)
-                continue
-            return f"{node.dist} prior at {here} has no parameter {part!r}{did_you_mean(part, list(node.params))}"
-        if not isinstance(node, BaseModel):
-            if node is None and depth == len(parts) - 1:
-                return None
-            return f"{here} is a value, not a table, so it has no field {part!r}"
-        fields = type(node).model_fields
-        if part not in fields:
-            return f"{here} has no field {part!r}{did_you_mean(part, fields)}; its fields are {', '.join(fields)}"
-        node = getattr(node, part)
-    return None
-
-
-def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    parts = _split_path(path)
-    node: Any = data
-    for part, nxt in zip(parts[:-1], parts[1:]):
-        if isinstance(part, int):
-            node = node[part]
-            continue
-        if not isinstance(node.get(part), dict | list):
-            node[part] = {} if isinstance(nxt, str) else []
-        node = node[part]
-    node[parts[-1]] = copy.deepcopy(value)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parses ``path=value`` (the value as TOML, else a bare string)."""
-    if "=" not in text:
-        raise SpecError.single("--set", f"expected path=value, got {text!r}")
-    path, raw = text.split("=", 1)
-    path, raw = path.strip(), raw.strip()
-    if not path:
-        raise SpecError.single("--set", f"empty path in {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return path, value
-
-
-# --- turning pydantic errors into SpecIssues -------------------------------------------
-
-_SCALAR_TYPES = {"float_type", "float_parsing", "int_type", "int_parsing", "finite_number", "bool_type",
-                 "string_type", "literal_error"}
-
-_DISCRIMINATOR_KEYS = {"unknown_kernel": "kind", "unknown_model": "model", "unknown_method": "method",
-                       "unknown_simplicity": "kind"}
-
-_INTERNAL = re.compile(r"^(float|int|str|bool|none|list\[.*|dict\[.*|function-.*|literal\[.*|.*\[.*\].*)$")
-
-
-def _tag_classes() -> dict[str, type[BaseModel]]:
-    from priorguard.priors import kernels as k
-    from priorguard.priors import models as m
-
-    out: dict[str, type[BaseModel]] = {
-        "kernel:StationaryKernel": k.StationaryKernel,
-        "kernel:RationalQuadraticKernel": k.RationalQuadraticKernel,
-        "kernel:PeriodicKernel": k.PeriodicKernel,
-        "kernel:LinearKernel": k.LinearKernel,
-        "kernel:PolynomialKernel": k.PolynomialKernel,
-        "kernel:WhiteKernel": k.WhiteKernel,
-        "kernel:composite": k.CompositeKernel,
-        "kernel:search": k.StructureSearch,
-        "inference:map": m.MapInference,
-        "inference:nuts": m.NutsInference,
-        "inference:svi": m.SviInference,
-        "inference:ensemble": m.EnsembleInference,
-        "simplicity:horseshoe": m.Horseshoe,
-        "simplicity:regularized_horseshoe": m.RegularisedHorseshoe,
-    }
-    return out
-
-
-def _model_class_of(annotation: Any) -> type[BaseModel] | None:
-    """The single BaseModel class inside an annotation (Optional/list/Annotated)."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _model_class_of(typing.get_args(annotation)[0])
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if origin in (list, Union) or str(origin) == "types.UnionType" or origin is not None:
-        found = [c for a in typing.get_args(annotation) if (c := _model_class_of(a)) is not None]
-        return found[0] if len(found) == 1 else None
-    return None
-
-
-def _class_at(loc: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
-    """The model class validating the table at raw pydantic ``loc``."""
-    from priorguard.priors import models as m
-
-    tags = _tag_classes()
-    cls: type[BaseModel] | None = ExperimentSpec
-    for i, part in enumerate(loc):
-        if isinstance(part, str) and part in tags:
-            cls = tags[part]
-        elif isinstance(part, str) and part.startswith("model:"):
-            parent = loc[i - 1] if i else None
-            kind = part.split(":", 1)[1]
-            if parent == "instrumental":
-                cls = {"gp": m.InstrumentalGP, "bnn": m.InstrumentalBNN}.get(kind)
-            else:
-                cls = {"gp": m.GPModel, "bnn": m.BNNModel}.get(kind)
-        elif isinstance(part, int) or cls is None or _INTERNAL.match(str(part)) or _is_tag(part):
-            continue
-        elif part in cls.model_fields:
-            inner = _model_class_of(cls.model_fields[part].annotation)
-            cls = inner
-        else:
-            return cls
-    return cls
-
-
-def _is_tag(part: Any) -> bool:
-    return isinstance(part, str) and ":" in part and part.split(":")[0] in {"kernel", "inference", "simplicity",
-                                                                             "model"}
-
-
-def _clean(loc: tuple[Any, ...]) -> list[Any]:
-    out = []
-    for part in loc:
-        if _is_tag(part):
-            continue
-        if isinstance(part, str) and _INTERNAL.match(part):
-            continue
-        out.append(part)
-    return out
-
-
-def _fmt_path(parts: list[Any]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z0-9_\-]+|[a-z_]+\.[a-z_.\[\]0-9]+", part):
-            out += ("." if out else "") + part
-        else:
-            out += ("." if out else "") + f'"{part}"'
-    return out or "<spec>"
-
-
-def _message(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
-    kind = err["type"]
-    value = err.get("input")
-    ctx = err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        cls = _class_at(loc[:-1], data)
-        key = loc[-1]
-        fields = list(cls.model_fields) if cls else []
-        return f"unknown key {key!r}{did_you_mean(str(key), fields)}; allowed keys: {', '.join(fields)}"
-    if kind == "missing":
-        return "is required but missing"
-    if kind == "unknown_kernel" and isinstance(value, dict):
-        found = value.get("kind")
-        if found is None:
-            return f"a kernel needs `kind` (one of {', '.join(KERNEL_KINDS)}) or `search` (a structure search)"
-        return f"unknown kernel kind {found!r}{did_you_mean(str(found), KERNEL_KINDS)}; allowed: {', '.join(KERNEL_KINDS)}"
-    if kind in ("unknown_model", "unknown_method", "unknown_simplicity") and isinstance(value, dict):
-        key = {"unknown_model": "model", "unknown_method": "method", "unknown_simplicity": "kind"}[kind]
-        choices = {
-            "unknown_model": ["gp", "bnn"],
-            "unknown_method": ["map", "nuts", "svi", "ensemble"],
-            "unknown_simplicity": ["horseshoe", "regularized_horseshoe"],
-        }[kind]
-        found = value.get(key)
-        head = err["msg"]
-        if found is None:
-            return f"{head} (`{key}` is missing)"
-        return f"{head}; got {found!r}{did_you_mean(str(found), choices)}"
-    if kind == "literal_error":
-        expected = ctx.get("expected", "")
-        options = re.findall(r"'([^']*)'", expected)
-        hint = did_you_mean(str(value), options) if isinstance(value, str) else ""
-        return f"got {value!r}{hint}; allowed: {expected}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()))
-        return f"must be {op} {bound}, got {value!r}"
-    if kind in ("too_short", "too_long"):
-        return f"{err['msg'].replace('List', 'list').replace('Value', 'value')}; got {value!r}"
-    if kind in ("finite_number",):
-        return f"must be a finite number, got {value!r}"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{err['msg'][0].lower() + err['msg'][1:]}; got {value!r} ({type(value).__name__})"
-    return err["msg"]
-
-
-def spec_error(err: ValidationError, data: Any, source: str | None = None) -> SpecError:
-    """Turns a pydantic ``ValidationError`` into a :class:`SpecError` with clean paths."""
-    grouped: dict[str, list[tuple[dict[str, Any], tuple[Any, ...]]]] = {}
-    errors = err.errors(include_url=False)
-    paths = [_fmt_path(_clean(tuple(e["loc"]))) for e in errors]
-    kept = []
-    for i, e in enumerate(errors):
-        # A number-or-prior field fails in both union branches; when a table was written,
-        # the number branch's complaint is noise if the table branch said something.
-        if isinstance(e.get("input"), dict) and e["type"] in _SCALAR_TYPES and any(
-            j != i and errors[j]["type"] not in _SCALAR_TYPES and paths[j].startswith(paths[i])
-            for j in range(len(errors))
-        ):
-            continue
-        kept.append(e)
-    for e in kept:
-        loc = tuple(e["loc"])
-        parts = _clean(loc)
-        param = (e.get("ctx") or {}).get("param")
-        if param:
-            parts = parts + [param]
-        key = _DISCRIMINATOR_KEYS.get(e["type"])
-        if key and isinstance(e.get("input"), dict) and key in e["input"]:
-            parts = parts + [key]
-        grouped.setdefault(_fmt_path(parts), []).append((e, loc))
-    issues = []
-    for path, errs in grouped.items():
-        # A number-or-prior field reports a failure from each branch: keep the branch
-        # that matches what was written.
-        value = errs[0][0].get("input")
-        if len(errs) > 1:
-            if isinstance(value, dict):
-                keep = [x for x in errs if not x[0]["type"].startswith(("float", "int", "finite", "bool",
-                                                                          "string", "literal"))]
-            else:
-                keep = [x for x in errs if x[0]["type"] not in ("prior_type", "model_type", "dict_type")]
-            errs = keep or errs
-        seen = set()
-        for e, loc in errs:
-            msg = _message(e, loc, data)
-            if msg not in seen:
-                seen.add(msg)
-                issues.append(SpecIssue(path, msg))
-    return SpecError(issues, source)
-
-
-def load_spec(path_or_name: str | Path) -> ExperimentSpec:
-    """Loads a spec from a TOML file, or a shipped experiment by name.
-
-    Raises:
-        SpecError: the file is missing, not TOML, or not a valid spec.
-    """
-    from priorguard.experiments.catalog import shipped_experiments
-
-    path = Path(path_or_name)
-    if not path.exists():
-        shipped = shipped_experiments()
-        name = str(path_or_name)
-        if name in shipped:
-            path = shipped[name]
-        else:
-            raise SpecError.single(
-                "<spec>",
-                f"no such file or shipped experiment: {name!r}{did_you_mean(name, shipped)};"
-                f" shipped: {', '.join(sorted(shipped)) or 'none'}",
-            )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError.single("<spec>", f"cannot read {path}: {err}") from None
-    return ExperimentSpec.from_toml(text, source=str(path))
-
-
-__all__ = [
-    "AuditSpec",
-    "BASE_KINDS",
-    "CemSpec",
-    "DataSpec",
-    "ExperimentSpec",
-    "PlannerSpec",
-    "ProposalSpec",
-    "VetoSpec",
-    "check_path",
-    "load_spec",
-    "parse_override",
-    "spec_error",
-]
-
-_ = (BNNModel, base_kernels)
