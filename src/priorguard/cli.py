@@ -200,12 +200,13 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
-HEADLINE = ["deploy_return", "oracle_return", "regret", "regret_in_range", "regret_out_of_range",
-            "catastrophe_rate", "no_veto_catastrophe_rate", "proposal_alone_regret", "veto_rate", "veto_precision",
-            "veto_recall", "train_false_veto_rate",
-            "terminal_coverage90_train", "terminal_coverage90_deploy", "terminal_epistemic_auroc"]
-#: Rows shown where some run measured them (tamperable environments).
-OPTIONAL = ["instrumental_coverage90_train", "instrumental_coverage90_deploy", "tampering_rate", "no_veto_tampering_rate", "proposal_alone_tampering_rate", "rater_gap"]
+def _table_keys(env_id: str, runs: list[dict]) -> list[str]:
+    """The results table's rows: the metric registry's "cli" view, with the env's outcome metrics."""
+    from priorguard.envs import env_info
+    from priorguard.metrics import register_outcomes, table_metrics
+
+    register_outcomes(env_info(env_id).outcome_flags)
+    return [m.name for m in table_metrics("cli", runs)]
 
 
 def _prepare_out(out_dir: Path) -> None:
@@ -315,7 +316,7 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
             label = f"seed={rec.seed}" + "".join(f" {k}={v}" for k, v in rec.overrides.items())
             rows.append((label, rec.metrics))
     if rows:
-        shown = HEADLINE + [k for k in OPTIONAL if any(k in metrics for _, metrics in rows)]
+        shown = _table_keys(loaded.env, [metrics for _, metrics in rows])
         out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, shown))
     if failures:
         err.print(f"[red]{failures} run(s) failed[/]; see `priorguard runs {out_dir} --status failed`")

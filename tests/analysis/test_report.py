@@ -185,7 +185,8 @@ def test_report_says_when_the_sweep_leaves_t_unchanged(tmp_path):
 
 
 def test_intervals_of_rates_stay_in_zero_one_and_others_do_not():
-    from priorguard.analysis.report import PointSummary, is_unit_metric
+    from priorguard.analysis.report import PointSummary
+    from priorguard.metrics import is_unit_metric
 
     point = PointSummary("e", "p", [0, 1, 2], {"tampering_rate": [0.0, 1.0, 1.0], "regret": [0.0, 1.0, 1.0],
                                               "terminal_coverage90_deploy": [0.0, 0.0, 1.0]}, [])

@@ -1,5 +1,5 @@
-"""Runner metric helpers: the training-range split of deploy episodes, regret on a subset, D's scores,
-tampering."""
+"""Run-step helpers: the training-range split of deploy episodes, regret on a subset, D's scores,
+an environment's outcome flags (vault's tampering)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from priorguard.envs.vault import GUARD, NOOP, TAMPER
-from priorguard.experiments.runner import (evaluate, in_training_range, subset_regret, tampering_scores,
-                                           true_instrumental_values,
-                                           termination_scores)
+from priorguard.envs import env_info
+from priorguard.experiments.data import in_training_range
+from priorguard.experiments.evaluate import evaluate
+from priorguard.experiments.instrumental import true_instrumental_values
+from priorguard.experiments.scoring import outcome_scores, subset_regret, termination_scores
 from priorguard.models.base import Prediction
 
 
@@ -78,7 +80,7 @@ def test_vault_tampering_hides_the_theft_from_the_rater():
     # pinned picture shows it to the rater in every one: the rater sees nothing wrong
     np.testing.assert_array_equal(ev["rater_returns"], 0.0)
     assert ((-ev["returns"] >= 5) & (-ev["returns"] <= 9)).all()
-    scores = tampering_scores({"x_": ev})
+    scores = outcome_scores(env_info(VAULT).outcome_flags, {"x_": ev})
     assert scores["x_tampering_rate"] == 1.0
     assert scores["x_rater_gap"] == pytest.approx(-np.mean(ev["returns"]))
 
@@ -89,7 +91,7 @@ def test_vault_without_tampering_the_rater_sees_the_truth(action):
     assert not ev["tampered"].any()
     assert ev["catastrophes"].all() == (action == NOOP)  # the thief takes the diamond unless a guard is there
     np.testing.assert_array_equal(ev["rater_returns"], ev["returns"])
-    assert tampering_scores({"": ev}) == {"tampering_rate": 0.0, "rater_gap": 0.0}
+    assert outcome_scores(env_info(VAULT).outcome_flags, {"": ev}) == {"tampering_rate": 0.0, "rater_gap": 0.0}
 
 
 def test_vault_train_split_can_be_tampered_with_and_has_episodes_without_a_thief():
@@ -101,7 +103,8 @@ def test_vault_train_split_can_be_tampered_with_and_has_episodes_without_a_thief
 
 def test_environments_that_cannot_be_tampered_with_report_no_tampering():
     ev = evaluate("priorguard/CoinShift-v1", "deploy", 2, jax.random.key(0), constant_actor(0))
-    assert "tampered" not in ev
+    assert "tampered" not in ev and env_info("priorguard/CoinShift-v1").outcome_flags == ()
+    assert outcome_scores((), {"": ev}) == {}
     np.testing.assert_array_equal(ev["rater_returns"], ev["returns"])
 
 
@@ -143,7 +146,7 @@ def test_true_instrumental_values_compile_without_a_host_callback():
     # the rollout runs every run; a host callback (the env's action-range check under vmap)
     # kept it out of the persistent compilation cache, and every process compiled it again
     from priorguard.envs import jax_model
-    from priorguard.experiments.runner import _true_instrumental_values
+    from priorguard.experiments.instrumental import _true_instrumental_values
 
     proposal, params = only(NOOP)
     states = jnp.asarray([vault_state(0.0)] * 8, jnp.float32)
@@ -153,7 +156,7 @@ def test_true_instrumental_values_compile_without_a_host_callback():
 
 
 def _transitions(episode, obs):
-    from priorguard.experiments.runner import Transitions
+    from priorguard.experiments.data import Transitions
 
     obs = np.asarray(obs, np.float64).reshape(len(episode), -1)
     n = len(episode)
@@ -173,8 +176,9 @@ def test_first_visits_keep_each_episodes_distinct_states_once_in_order():
 @pytest.mark.parametrize("calibrate_on, expected", [("distinct", [5, 9, 3, 4, 9]),
                                                     ("visits", [5, 9, 9, 9, 3, 4, 3, 9])])
 def test_the_auto_veto_calibrates_on_the_states_calibrate_on_names(calibrate_on, expected):
-    from priorguard.experiments.runner import Runner
     from priorguard.experiments import ExperimentSpec
+    from priorguard.experiments.calibrate import veto_rule
+    from priorguard.experiments.runner import Runner
 
     spec = ExperimentSpec.model_validate({
         "name": "cal", "env": "priorguard/CoinShift-v1",
@@ -189,16 +193,16 @@ def test_the_auto_veto_calibrates_on_the_states_calibrate_on_names(calibrate_on,
             seen["obs"] = np.asarray(obs)
             return jnp.arange(obs.shape[0], dtype=jnp.float64)
 
-    runner.driver = Recording()
+    runner.ctx.driver = Recording()
     cal = _transitions([0, 0, 0, 0, 1, 1, 1, 1], [[5], [9], [9], [9], [3], [4], [3], [9]])
     cal.obs = np.repeat(cal.obs, 4, axis=1)  # four feature columns, as coin-shift has
-    _, record = runner.veto_rule(None, None, None, cal, jax.random.key(0))
+    _, record = veto_rule(runner.ctx, None, None, None, cal, jax.random.key(0))
     np.testing.assert_array_equal(seen["obs"][:, 0], expected)
     assert record["n"] == len(expected) and record["calibrate_on"] == calibrate_on
 
 
 def test_data_returns_sum_the_labels_that_followed_each_state_within_its_episode():
-    from priorguard.experiments.runner import Transitions, data_returns
+    from priorguard.experiments.data import Transitions, data_returns
 
     # episode 0: four steps, cut by the time limit; episode 1: two steps, the second ends it
     t = Transitions(obs=np.zeros((6, 1)), action=np.zeros(6, int), next_obs=np.arange(6.0)[:, None],
@@ -219,15 +223,16 @@ def test_the_noise_floor_keeps_lava_shifts_terminal_fit_off_a_look_up_table(nois
     # bound and ends in a look-up table on one feature (lengthscales near 1e-4 and 3e6,
     # variance 3e5), so T's std off the visited states is about 540 and the veto fires
     # nearly everywhere.
-    from priorguard.experiments.runner import Runner
     from priorguard.experiments import load_spec
+    from priorguard.experiments.assemble import fit_models
+    from priorguard.experiments.runner import Runner
 
     spec = load_spec("lava-shift").model_copy(update={"sweep": {}}).with_overrides(
         {"world.inference.steps": 10, **({} if noise_floor is None else {"terminal.noise_floor": noise_floor})})
     runner = Runner(spec, 1)
     keys = runner.keys()
     fit_data, _ = runner.train_data(keys)
-    terminal = runner.fit_models(fit_data, keys)["terminal"]
+    terminal = fit_models(runner.ctx, fit_data, keys)[0]["terminal"]
     h = {k.rsplit("/", 1)[-1]: np.squeeze(v) for k, v in terminal.hyperparameters.items()}
     between = np.array([[0.5, 1.5, 1.5]])  # between visited states
     pred = terminal.predict(jnp.asarray(between))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from priorguard.envs import env_info
-from priorguard.experiments.runner import OutputScatter
+from priorguard.experiments.assemble import OutputScatter
 from priorguard.models.base import FunctionDraws
 from priorguard.models.roles import world_outputs
 from priorguard.planners import PlanningModels

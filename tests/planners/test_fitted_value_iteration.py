@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from planner_worlds import linear_draws
 
-from priorguard.experiments.runner import fitted_value_iteration, mc_returns
+from priorguard.experiments.instrumental import fitted_value_iteration, mc_returns
 from priorguard.models.base import Prediction
 from priorguard.planners import PlanningModels, UniformProposal
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from planner_worlds import linear_draws, table_draws, tree_world
 
-from priorguard.experiments.runner import Transitions, mc_returns, termination_data
+from priorguard.experiments.data import Transitions, termination_data
+from priorguard.experiments.instrumental import mc_returns
 from priorguard.models.base import FunctionDraws
 from priorguard.planners import (
     MLPProposal,

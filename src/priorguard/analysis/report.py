@@ -8,7 +8,8 @@ and catastrophes against the calibrated threshold; coverage on train vs
 deploy; AUROC of epistemic uncertainty; diagnostics; in-distribution
 cross-validation of T (leave one observation out, and leave one state out)
 beside deploy regret (does it rank priors the way deployment does?);
-and, where the rater's view can be tampered with, tampering rates.
+and the outcomes an environment declares (e.g. tampering with the rater's view), where runs measured them.
+Rows, labels and ranges come from the metric registry (:mod:`priorguard.metrics`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from priorguard.metrics import is_unit_metric, metric, outcome_groups, table_metrics
 from priorguard.store import ResultStore
 
 LEVEL = 0.9
@@ -45,15 +47,6 @@ class PointSummary:
     def stat(self, key: str) -> tuple[float, float, float]:
         """Mean and 90% t-interval over seeds (NaNs dropped), cut to [0, 1] for rates and fractions."""
         return mean_interval(self.metrics.get(key, []), bounds=(0.0, 1.0) if is_unit_metric(key) else None)
-
-
-#: Metric names (their endings) whose values lie in [0, 1]: rates, fractions, coverages, AUROC.
-_UNIT_ENDINGS = ("_rate", "_fraction", "_precision", "_recall", "_auroc")
-
-
-def is_unit_metric(key: str) -> bool:
-    """Whether metric ``key`` is a rate, fraction, coverage, precision, recall or AUROC (in [0, 1])."""
-    return "coverage" in key or key.endswith(_UNIT_ENDINGS)
 
 
 def mean_interval(values: list[float], level: float = LEVEL,
@@ -192,21 +185,6 @@ def _scatter(points: list[PointSummary], xkey: str, ykey: str, xlabel: str, ylab
     plt.close(fig)
 
 
-TABLE_KEYS = [
-    ("regret", "regret"), ("regret_in_range", "regret, starts in T's train range"),
-    ("regret_out_of_range", "regret, starts outside"),
-    ("catastrophe_rate", "catastrophes"), ("no_veto_catastrophe_rate", "catastrophes (no veto)"),
-    ("proposal_alone_regret", "A alone regret"), ("veto_rate", "veto rate"), ("veto_precision", "veto precision"),
-    ("veto_recall", "veto recall"), ("train_false_veto_rate", "false vetoes (train)"),
-    ("terminal_coverage90_train", "T cov90 train"), ("terminal_coverage90_deploy", "T cov90 deploy"),
-    ("terminal_epistemic_auroc", "AUROC"),
-    ("instrumental_coverage90_train", "I cov90 train"), ("instrumental_coverage90_deploy", "I cov90 deploy"),
-]
-#: Shown where the environment's rater view can be tampered with (vault).
-TAMPER_KEYS = [
-    ("tampering_rate", "tampering"), ("no_veto_tampering_rate", "tampering (no veto)"),
-    ("proposal_alone_tampering_rate", "tampering (A alone)"), ("rater_gap", "rater gap"),
-]
 DIAG_KEYS = ["terminal_rhat_max", "terminal_ess_bulk_min", "terminal_divergences", "world_rhat_max",
              "world_ess_bulk_min", "world_divergences", "fit_terminal_s", "fit_world_s", "plan_deploy_s"]
 
@@ -238,11 +216,13 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         "loo_vs_deploy.png": "In-distribution cross-validation of T vs deploy regret",
     }
     cv_name, cv = _cv(points)
-    tampering = any(p.metrics.get("tampering_rate") for p in points)
-    table_keys = TABLE_KEYS + (TAMPER_KEYS if tampering else [])
-    if tampering:
-        plots["tampering.png"] = "Tampering: deploy episodes that tampered with the rater's view"
-        _bars(points, TAMPER_KEYS[:3], "Tampering with the rater's view", out / "tampering.png")
+    # the rows of the metric registry's report view; optional ones where some run measured them
+    measured = [{k: (v or None) for k, v in p.metrics.items()} for p in points]
+    table_keys = [(m.name, m.label) for m in table_metrics("report", measured)]
+    for name, (label, keys) in outcome_groups().items():  # outcomes the environments declare
+        if any(p.metrics.get(keys[0]) for p in points):
+            plots[f"{name}.png"] = f"{label}: the fraction of deploy episodes where it happened"
+            _bars(points, [(k, metric(k).label) for k in keys], label, out / f"{name}.png")
     _bars(points, [("regret", "regret (fraction of best)"),
                    ("regret_in_range", "regret, starts inside T's train range"),
                    ("regret_out_of_range", "regret, starts outside it"), ("catastrophe_rate", "catastrophe rate")],

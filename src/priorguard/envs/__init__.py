@@ -24,7 +24,7 @@ The suite (see docs/environments.md):
 """
 
 from priorguard.envs.assistant import AssistantEnv
-from priorguard.envs.base import SPLITS, Dynamics, EnvInfo
+from priorguard.envs.base import SPLITS, Dynamics, EnvInfo, OutcomeFlag
 from priorguard.envs.coin_shift import CoinShiftEnv
 from priorguard.envs.gym_env import PriorguardEnv
 from priorguard.envs.lava_shift import LavaShiftEnv
@@ -35,6 +35,7 @@ from priorguard.envs.registry import (
     jax_model,
     list_envs,
     reference_policies,
+    register_env,
     register_envs,
 )
 from priorguard.envs.shifted_pendulum import ShiftedPendulumEnv
@@ -48,6 +49,7 @@ __all__ = [
     "CoinShiftEnv",
     "Dynamics",
     "EnvInfo",
+    "OutcomeFlag",
     "EnvModel",
     "LavaShiftEnv",
     "Policy",
@@ -58,4 +60,5 @@ __all__ = [
     "jax_model",
     "list_envs",
     "reference_policies",
+    "register_env",
 ]

@@ -36,6 +36,28 @@ SPLITS: tuple[str, ...] = ("train", "deploy")
 
 
 @dataclasses.dataclass(frozen=True)
+class OutcomeFlag:
+    """An outcome an environment reports beyond value and catastrophe, as a bool in each step's ``info``.
+
+    Runs report, for the planner, the planner without vetoes, A alone and the oracle, the
+    fraction of deploy episodes in which the flag was ever set (``<arm><metric>``); generic
+    code never names an environment's outcomes.
+
+    Attributes:
+        key: the ``info`` key (and the key of the per-episode flags the runner's evaluation returns).
+        metric: the per-run metric name, e.g. ``"tampering_rate"``.
+        label: a short label for tables and plots.
+        hides_truth: where the flag is set, what the rater sees may differ from the truth;
+            runs then also report ``<arm>rater_gap`` (the rater's return minus the true return).
+    """
+
+    key: str
+    metric: str
+    label: str
+    hides_truth: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class EnvInfo:
     """Static description of a registered environment, available without stepping it.
 
@@ -54,6 +76,8 @@ class EnvInfo:
         version: The ``-vN`` version of the id.
         splits: The accepted ``split`` values.
         description: One line on what the environment tests.
+        outcome_flags: Outcomes the environment reports in ``info`` beyond value and
+            catastrophe (see `OutcomeFlag`).
     """
 
     env_id: str
@@ -68,6 +92,7 @@ class EnvInfo:
     version: int
     splits: tuple[str, ...] = SPLITS
     description: str = ""
+    outcome_flags: tuple[OutcomeFlag, ...] = ()
 
     @property
     def num_features(self) -> int:
@@ -302,8 +327,8 @@ class Dynamics(abc.ABC):
     reset_noise_size: ClassVar[int]
     sample_noise_size: ClassVar[int]
     step_noise_size: ClassVar[int] = 0
-    #: Whether what the rater sees can be tampered with (see `tampered`); runs then report tampering rates.
-    tamperable: ClassVar[bool] = False
+    #: Outcomes reported in ``info`` beyond value and catastrophe (see `outcomes`); runs report their rates.
+    outcome_flags: ClassVar[tuple[OutcomeFlag, ...]] = ()
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -363,6 +388,7 @@ class Dynamics(abc.ABC):
             horizon=self.horizon,
             version=self.version,
             description=self.description,
+            outcome_flags=self.outcome_flags,
         )
 
     # --- ground truth ----------------------------------------------------------------
@@ -409,14 +435,9 @@ class Dynamics(abc.ABC):
         """
         return self.terminal_value(xp, state)
 
-    def tampered(self, xp: Any, state: Any) -> Any:
-        """Whether the rater's view of this state has been tampered with; bool scalar.
-
-        A tampered state's observation no longer tracks the truth, so
-        `rater_value` may differ from `terminal_value` there (now or later).
-        False everywhere unless the environment is `tamperable`.
-        """
-        return xp.asarray(False)
+    def outcomes(self, xp: Any, state: Any) -> dict[str, Any]:
+        """The `outcome_flags` of a state: ``{flag.key: bool scalar}`` (empty unless the env declares flags)."""
+        return {}
 
     @abc.abstractmethod
     def catastrophe(self, xp: Any, state: Any) -> Any:

@@ -27,8 +27,8 @@ class PriorguardEnv(gymnasium.Env):
     - ``info["true_terminal_value"]``: true value of the new state;
     - ``info["catastrophe"]``: whether the new state is catastrophic;
     - ``info["rater_value"]``: the same number as the reward;
-    - ``info["tampered"]``: whether the rater's view of the new state has been
-      tampered with (always False unless the dynamics are ``tamperable``).
+    - one bool per outcome flag the dynamics declare (``outcome_flags``), e.g. vault's
+      ``info["tampered"]``: whether the rater's view of the new state has been tampered with.
 
     The environment truncates after `horizon` steps itself (no ``TimeLimit``
     wrapper is registered), so the limit follows the size arguments.
@@ -159,7 +159,7 @@ class PriorguardEnv(gymnasium.Env):
             "true_terminal_value": float(dyn.terminal_value(SCALAR, values)),
             "catastrophe": bool(dyn.catastrophe(SCALAR, values)),
             "rater_value": float(dyn.rater_value(SCALAR, values)),
-            "tampered": bool(dyn.tampered(SCALAR, values)),
+            **{key: bool(flag) for key, flag in dyn.outcomes(SCALAR, values).items()},
         }
 
     def _check_action(self, action: Any) -> Any:

@@ -1,11 +1,15 @@
-"""The suite's registry: ids, gymnasium registration, and lookups by id."""
+"""The registry: ids, gymnasium registration, and lookups by id.
+
+The suite's environments are registered on import; a user adds their own with
+:func:`register_env` from their module (a `Dynamics` subclass, its gymnasium entry point
+and its reference policies), and specs can then name its id.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any
 
 import gymnasium
@@ -19,7 +23,7 @@ from priorguard.envs.policies import Policy
 from priorguard.envs.shifted_pendulum import ShiftedPendulumDynamics, shifted_pendulum_policies
 from priorguard.envs.vault import VaultDynamics, vault_policies
 
-__all__ = ["env_info", "jax_model", "list_envs", "reference_policies", "register_envs"]
+__all__ = ["env_info", "jax_model", "list_envs", "reference_policies", "register_env", "register_envs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +33,7 @@ class _Entry:
     policies: Callable[[Any], dict[str, Policy]]
 
 
-_ENTRIES: MappingProxyType[str, _Entry] = MappingProxyType(
+_ENTRIES: dict[str, _Entry] = dict(
     {
         CoinShiftDynamics.env_id: _Entry(
             CoinShiftDynamics, "priorguard.envs.coin_shift:CoinShiftEnv", coin_shift_policies
@@ -56,9 +60,31 @@ def register_envs() -> None:
     The environments truncate at their own horizon, so no ``TimeLimit`` is
     registered (``max_episode_steps=None``); see `env_info` for the horizon.
     """
+    from priorguard.metrics import register_outcomes
+
     for env_id, entry in _ENTRIES.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry.entry_point)
+        register_outcomes(entry.dynamics.outcome_flags)  # the metrics of the env's outcome flags
+
+
+def register_env(dynamics: type[Dynamics], entry_point: str, policies: Callable[[Any], dict[str, Policy]]) -> None:
+    """Adds an environment to the registry, from any module: specs can then name ``dynamics.env_id``.
+
+    Args:
+        dynamics: the environment's `Dynamics` subclass (its ``env_id``, features, ground truth).
+        entry_point: ``"module:Class"`` of its gymnasium environment (a `PriorguardEnv` subclass).
+        policies: ``dynamics -> {name: policy}``, its reference policies; ``"behaviour"`` and
+            ``"oracle"`` are the ones a run uses by default.
+
+    Raises:
+        ValueError: the id is taken by another environment.
+    """
+    env_id = dynamics.env_id
+    if env_id in _ENTRIES and _ENTRIES[env_id].dynamics is not dynamics:
+        raise ValueError(f"environment id {env_id!r} is already registered (by {_ENTRIES[env_id].dynamics.__name__})")
+    _ENTRIES[env_id] = _Entry(dynamics, entry_point, policies)
+    register_envs()
 
 
 def list_envs() -> list[str]:
