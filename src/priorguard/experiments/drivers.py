@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from priorguard._checks import checked_jit
-from priorguard.planners import veto as veto_lib
-from priorguard.planners.base import PlanningModels
+from priorguard.planners import conformal
 from priorguard.planners.cem import plan_cem
 from priorguard.planners.mcts import plan_mcts
 from priorguard.planners.one_step import plan_one_step
+from priorguard.planners.worlds import PlanningModels
 from priorguard.priors.spec import PlannerSpec
 
 #: ``act(key, obs [B, F]) -> (action [B...], candidates [B, K...], veto_mask [B, K], used_fallback [B])``
@@ -70,8 +70,8 @@ class PlannerDriver(abc.ABC):
         exchangeable with a fresh in-distribution check, and the conformal
         false-veto bound holds exactly.
         """
-        return veto_lib.calibration_scores(models, key, obs, discount=self.discount, proposal=proposal,
-                                           proposal_params=params)
+        return conformal.calibration_scores(models, key, obs, discount=self.discount, proposal=proposal,
+                                            proposal_params=params)
 
     def audit_plan(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Callable | None:
         """``plan(key, obs)`` returning a planner output, for the random-state audit; None to skip it."""
@@ -128,8 +128,8 @@ class MctsDriver(PlannerDriver):
         marginally over (state, action) pairs rather than exactly.
         """
         na = self.info.num_actions
-        return veto_lib.calibration_scores(models, key, np.repeat(np.asarray(obs), na, axis=0),
-                                           discount=self.discount, actions=np.tile(np.arange(na), obs.shape[0]))
+        return conformal.calibration_scores(models, key, np.repeat(np.asarray(obs), na, axis=0),
+                                            discount=self.discount, actions=np.tile(np.arange(na), obs.shape[0]))
 
 
 class CemDriver(PlannerDriver):

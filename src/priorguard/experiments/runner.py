@@ -40,7 +40,6 @@ from priorguard.experiments.drivers import Actor, alone_actor, driver_for
 from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs, world_outputs
 from priorguard.planners import veto as veto_lib
-from priorguard.planners.base import PlanningModels
 from priorguard.planners.proposals import (
     BoxUniformProposal,
     FixedProposal,
@@ -49,6 +48,7 @@ from priorguard.planners.proposals import (
     fit_imitation,
     fit_policy_gradient,
 )
+from priorguard.planners.worlds import PlanningModels
 from priorguard.priors.spec import ExperimentSpec
 
 Progress = Callable[[str], None]
@@ -464,14 +464,14 @@ class Runner:
     def audit(self, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any) -> dict[str, Any]:
         """Random-state audit of A alone and of the planner through W, and adversarial search."""
         from priorguard.envs import jax_model
-        from priorguard.planners.audit import (
+        from priorguard.planners.adversarial import adversarial_search
+        from priorguard.planners.audit import random_state_audit
+        from priorguard.planners.policies import (
             ConstantAction,
             ObservedStateSampler,
             ProposalProbs,
-            adversarial_search,
             planner_policy,
             proposal_policy,
-            random_state_audit,
         )
 
         a = self.spec.audit
