@@ -162,7 +162,7 @@ class _CountingProposal(FixedProposal):
 
 def test_audits_of_a_new_run_reuse_the_compiled_programs():
     """Fresh policy/sampler modules with new parameters (a new run) compile nothing new."""
-    from priorguard.planners.audit import ObservedStateSampler
+    from priorguard.planners.policies import ObservedStateSampler
     from priorguard.envs import jax_model
     from priorguard.planners import ProposalProbs
 
@@ -178,7 +178,7 @@ def test_audits_of_a_new_run_reuse_the_compiled_programs():
                            policy=proposal_policy(proposal, params), num_states=8, horizon=2)
         adversarial_search(models, jax.random.key(1), policy_fn=ProposalProbs(proposal, params),
                            state_low=-jnp.ones(2), state_high=jnp.ones(2), num_restarts=2, num_steps=3)
-        from priorguard.planners.veto import calibration_scores
+        from priorguard.planners.conformal import calibration_scores
 
         calibration_scores(models, jax.random.key(2), jnp.ones((70 + int(logits[0]), 2)), discount=0.9,
                            proposal=proposal, proposal_params=params)

@@ -5,7 +5,10 @@ import importlib
 
 import pytest
 
-MODULES = ["base", "veto", "proposals", "one_step", "mcts", "cem", "audit"]
+MODULES = [
+    "base", "worlds", "veto", "conformal", "proposals", "one_step", "mcts", "cem", "policies", "audit",
+    "adversarial",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

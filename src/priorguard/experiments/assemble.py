@@ -18,7 +18,7 @@ from priorguard.experiments.context import RunContext
 from priorguard.experiments.data import Transitions, encode_actions, subsample, termination_data
 from priorguard.models.base import FunctionDraws, Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs
-from priorguard.planners.base import PlanningModels
+from priorguard.planners.worlds import PlanningModels
 from priorguard.planners.proposals import (
     BoxUniformProposal,
     FixedProposal,

@@ -8,23 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from priorguard.envs import jax_model
 from priorguard.experiments.context import RunContext
-from priorguard.planners.base import PlanningModels
+from priorguard.planners.adversarial import adversarial_search
+from priorguard.planners.audit import random_state_audit
+from priorguard.planners.policies import (
+    ConstantAction,
+    ObservedStateSampler,
+    ProposalProbs,
+    planner_policy,
+    proposal_policy,
+)
+from priorguard.planners.worlds import PlanningModels
 
 
 def audit(ctx: RunContext, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any) -> dict[str, Any]:
     """Random-state audit of A alone and of the planner through W, and adversarial search."""
-    from priorguard.envs import jax_model
-    from priorguard.planners.audit import (
-        ConstantAction,
-        ObservedStateSampler,
-        ProposalProbs,
-        adversarial_search,
-        planner_policy,
-        proposal_policy,
-        random_state_audit,
-    )
-
     a = ctx.spec.audit
     sampler = ObservedStateSampler(jax_model(ctx.spec.env, "deploy"))
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from priorguard.experiments.context import RunContext
 from priorguard.experiments.data import Transitions
 from priorguard.planners import veto as veto_lib
-from priorguard.planners.base import PlanningModels
+from priorguard.planners.worlds import PlanningModels
 
 
 def veto_rule(ctx: RunContext, models: PlanningModels, proposal: Any, params: Any, cal: Transitions,
@@ -36,7 +36,7 @@ def veto_rule(ctx: RunContext, models: PlanningModels, proposal: Any, params: An
                                                   params)
     rule, threshold = veto_lib.make_veto_rule(
         epistemic_std=v.epistemic_std, value_drop=v.value_drop, kappa=ctx.spec.planner.lcb_kappa,
-        alpha=v.alpha, calibration_stds=cal_stds)
+        alpha=v.alpha, calibration_stds=cal_stds, rules=[(r.name, r.params) for r in v.rules or ()])
     record = None
     if threshold is not None:
         record = {**threshold.to_dict(), "method": "split-conformal", "calibrate_on": v.calibrate_on}

@@ -21,24 +21,27 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from priorguard._checks import checked_jit
-from priorguard.planners import veto as veto_lib
-from priorguard.planners.base import PlanningModels
+from priorguard.planners import conformal
 from priorguard.planners.cem import plan_cem
 from priorguard.planners.mcts import plan_mcts
 from priorguard.planners.one_step import plan_one_step
-from priorguard.experiments.spec import PlannerSpec
+from priorguard.planners.worlds import PlanningModels
+
+if TYPE_CHECKING:
+    from priorguard.experiments.spec import PlannerSpec
 
 #: ``act(key, obs [B, F]) -> (action [B...], candidates [B, K...], veto_mask [B, K], used_fallback [B])``
 Actor = Callable[[Any, Any], tuple[Any, Any, Any, Any]]
 
-__all__ = ["Actor", "CemDriver", "MctsDriver", "OneStepDriver", "PlannerDriver", "alone_actor", "driver_for"]
+__all__ = ["Actor", "CemDriver", "MctsDriver", "OneStepDriver", "PlannerDriver", "alone_actor", "driver_for",
+           "planner_kinds", "register_planner"]
 
 
 class PlannerDriver(abc.ABC):
@@ -51,6 +54,8 @@ class PlannerDriver(abc.ABC):
     """
 
     kind: str = ""
+    #: The action spaces this planner plans in ("discrete", "continuous").
+    action_kinds: tuple[str, ...] = ("discrete", "continuous")
 
     def __init__(self, spec: PlannerSpec, info: Any, discount: float) -> None:
         self.spec = spec
@@ -70,8 +75,8 @@ class PlannerDriver(abc.ABC):
         exchangeable with a fresh in-distribution check, and the conformal
         false-veto bound holds exactly.
         """
-        return veto_lib.calibration_scores(models, key, obs, discount=self.discount, proposal=proposal,
-                                           proposal_params=params)
+        return conformal.calibration_scores(models, key, obs, discount=self.discount, proposal=proposal,
+                                            proposal_params=params)
 
     def audit_plan(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Callable | None:
         """``plan(key, obs)`` returning a planner output, for the random-state audit; None to skip it."""
@@ -113,6 +118,7 @@ class MctsDriver(PlannerDriver):
     """Gumbel/MuZero MCTS over discrete actions; the veto checks *every* action at the root."""
 
     kind = "mcts"
+    action_kinds = ("discrete",)
 
     def actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Actor:
         p = self.spec
@@ -128,14 +134,15 @@ class MctsDriver(PlannerDriver):
         marginally over (state, action) pairs rather than exactly.
         """
         na = self.info.num_actions
-        return veto_lib.calibration_scores(models, key, np.repeat(np.asarray(obs), na, axis=0),
-                                           discount=self.discount, actions=np.tile(np.arange(na), obs.shape[0]))
+        return conformal.calibration_scores(models, key, np.repeat(np.asarray(obs), na, axis=0),
+                                            discount=self.discount, actions=np.tile(np.arange(na), obs.shape[0]))
 
 
 class CemDriver(PlannerDriver):
     """Cross-entropy method over continuous action sequences; the veto checks first actions."""
 
     kind = "cem"
+    action_kinds = ("continuous",)
 
     def actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Actor:
         c, fb, discount = self.spec.cem, self.fallback_vector(), self.discount
@@ -144,6 +151,28 @@ class CemDriver(PlannerDriver):
 
 
 _DRIVERS: dict[str, type[PlannerDriver]] = {d.kind: d for d in (OneStepDriver, MctsDriver, CemDriver)}
+
+
+def register_planner(driver: type[PlannerDriver]) -> type[PlannerDriver]:
+    """Adds a planner kind (a `PlannerDriver` subclass, keyed by its ``kind``), from any module.
+
+    A spec's ``planner.kind`` may then name it; the runner drives it like the built-in kinds.
+    Usable as a class decorator.
+
+    Raises:
+        ValueError: no ``kind``, or the kind belongs to another driver.
+    """
+    if not driver.kind:
+        raise ValueError(f"{driver.__name__} needs a `kind`")
+    if driver.kind in _DRIVERS and _DRIVERS[driver.kind] is not driver:
+        raise ValueError(f"planner kind {driver.kind!r} is already registered (by {_DRIVERS[driver.kind].__name__})")
+    _DRIVERS[driver.kind] = driver
+    return driver
+
+
+def planner_kinds() -> dict[str, tuple[str, ...]]:
+    """Registered planner kinds -> the action spaces each plans in."""
+    return {kind: d.action_kinds for kind, d in _DRIVERS.items()}
 
 
 def driver_for(spec: PlannerSpec, info: Any, discount: float) -> PlannerDriver:

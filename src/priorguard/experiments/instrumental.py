@@ -20,7 +20,7 @@ from priorguard.experiments.context import Progress, RunContext
 from priorguard.experiments.data import Transitions, data_returns, subsample
 from priorguard.models.base import Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs
-from priorguard.planners.base import PlanningModels
+from priorguard.planners.worlds import PlanningModels
 
 # the fits of fitted value iteration (round k folds in FVI_STREAM + k)
 FVI_STREAM = 0xF710

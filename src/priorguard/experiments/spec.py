@@ -67,6 +67,25 @@ class DataSpec(_Strict):
     rater_noise: float = Field(default=0.0, ge=0.0)
 
 
+class VetoRuleSpec(_Strict):
+    """A veto rule registered by name (:func:`priorguard.planners.register_veto_rule`), e.g. from a user's module."""
+
+    name: str
+    #: Keyword arguments of the rule's factory (plain TOML values).
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from priorguard.planners.veto import veto_rule_names  # lazy: only specs that name a rule pay for JAX
+
+        names = veto_rule_names()
+        if v not in names:
+            raise _fail("unknown_rule", f"no veto rule {v!r} is registered{did_you_mean(v, names)}; registered:"
+                        f" {', '.join(names)} (a rule's module must be imported before the spec is loaded)")
+        return v
+
+
 class VetoSpec(_Strict):
     """When the planner refuses an action."""
 
@@ -84,6 +103,8 @@ class VetoSpec(_Strict):
     #: Action taken when every candidate is vetoed: an action index (discrete)
     #: or an action vector (continuous).
     fallback: int | list[float] = 0
+    #: Further rules, by registered name, chained after the built-in ones (None: none).
+    rules: list[VetoRuleSpec] | None = None
 
     @field_validator("epistemic_std")
     @classmethod
@@ -132,7 +153,9 @@ class CemSpec(_Strict):
 class PlannerSpec(_Strict):
     """The hard-coded planner that checks A's proposals with T, I and W."""
 
-    kind: Literal["one_step", "mcts", "cem"] = "one_step"
+    #: A registered planner kind: "one_step", "mcts", "cem", or one added with
+    #: :func:`priorguard.experiments.drivers.register_planner`.
+    kind: str = "one_step"
     proposals: int = Field(default=8, ge=1, le=4096)
     simulations: int = Field(default=64, ge=1, le=100_000)
     depth: int = Field(default=8, ge=1, le=1000)
@@ -147,6 +170,17 @@ class PlannerSpec(_Strict):
     proposal: ProposalSpec = Field(default_factory=ProposalSpec)
     cem: CemSpec = Field(default_factory=CemSpec)
     veto: VetoSpec = Field(default_factory=VetoSpec)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, v: str) -> str:
+        from priorguard.experiments.drivers import planner_kinds
+
+        kinds = planner_kinds()
+        if v not in kinds:
+            raise _fail("unknown_planner", f"unknown planner kind {v!r}{did_you_mean(v, kinds)}; registered:"
+                        f" {', '.join(kinds)}")
+        return v
 
 
 class AuditSpec(_Strict):
@@ -246,10 +280,15 @@ class ExperimentSpec(_Strict):
                     names += list(info.action_input_names)
                 _check_active_dims(model.kernel, names, f"{role}.kernel")
         fallback = self.planner.veto.fallback
+        from priorguard.experiments.drivers import planner_kinds
+
+        kinds = planner_kinds()
+        if info.action_kind not in kinds[self.planner.kind]:
+            suits = [k for k, spaces in kinds.items() if info.action_kind in spaces]
+            raise _fail("planner_kind", f"{self.planner.kind} plans {' or '.join(kinds[self.planner.kind])} actions;"
+                        f" {self.env} has {info.action_kind} actions (use {' or '.join(suits)})",
+                        param="planner.kind")
         if info.action_kind == "discrete":
-            if self.planner.kind == "cem":
-                raise _fail("planner_kind", f"cem plans continuous actions; {self.env} has discrete actions"
-                            " (use one_step or mcts)", param="planner.kind")
             if not isinstance(fallback, int):
                 raise _fail("fallback", f"{self.env} has discrete actions: fallback must be an action index"
                             f" in 0..{info.num_actions - 1}", param="planner.veto.fallback")
@@ -261,9 +300,6 @@ class ExperimentSpec(_Strict):
                 raise _fail("logits", f"needs {info.num_actions} logits (one per action), got {len(logits)}",
                             param="planner.proposal.logits")
         else:
-            if self.planner.kind == "mcts":
-                raise _fail("planner_kind", f"mcts plans discrete actions; {self.env} has continuous actions"
-                            " (use cem or one_step)", param="planner.kind")
             dim = len(info.action_low)
             vec = [float(fallback)] * dim if isinstance(fallback, int) else fallback
             if len(vec) != dim or any(not lo <= x <= hi for x, lo, hi in zip(vec, info.action_low, info.action_high)):

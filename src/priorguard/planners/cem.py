@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from priorguard.planners.base import ActionStats, CEMOutput, PlanningModels, action_stats
-from priorguard.planners.one_step import check_fallback_action, checked_stats
+from priorguard.planners.base import ActionStats, CEMOutput
 from priorguard.planners.veto import VetoRule, fallback_where, identity
+from priorguard.planners.worlds import PlanningModels, action_stats, check_fallback_action, checked_stats
 
 __all__ = ["plan_cem", "sequence_returns"]
 

@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import mctx
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from priorguard.planners.base import ActionStats, PlanningModels, SearchEmbedding, SearchOutput, action_stats
-from priorguard.planners.one_step import check_fallback_action, checked_stats
+from priorguard.planners.base import ActionStats, SearchEmbedding, SearchOutput
 from priorguard.planners.veto import VetoRule, apply_rule, fallback_where, select_action
+from priorguard.planners.worlds import PlanningModels, action_stats, check_fallback_action, checked_stats
 
 __all__ = ["make_recurrent_fn", "make_search_root", "mask_vetoed_logits", "node_veto_mask", "plan_mcts"]
 

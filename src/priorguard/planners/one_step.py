@@ -5,51 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from priorguard._checks import fail_if
-from priorguard.planners.base import ActionStats, PlanningModels, PlanOutput, action_stats
+from priorguard.planners.base import PlanOutput
 from priorguard.planners.veto import VetoRule, apply_rule, fallback_where, select_action
+from priorguard.planners.worlds import PlanningModels, action_stats, check_fallback_action, checked_stats
 
-__all__ = ["check_fallback_action", "checked_stats", "plan_one_step"]
-
-
-def check_fallback_action(models: PlanningModels, fallback_action: Any) -> None:
-    """Validates a concrete fallback action at the boundary (before tracing).
-
-    Args:
-        models: the planning models (action space).
-        fallback_action: an int in ``[0, A)`` (discrete) or a ``[Da]`` vector
-            inside the action bounds (continuous). Traced values are not checked.
-
-    Raises:
-        ValueError: if the fallback is outside the action space.
-    """
-    try:
-        value = np.asarray(fallback_action)
-    except Exception:  # a tracer: cannot check here
-        return
-    if models.is_discrete:
-        if value.shape != () or not np.issubdtype(value.dtype, np.integer) or not 0 <= int(value) < models.num_actions:
-            raise ValueError(
-                f"fallback_action must be an int action in [0, {models.num_actions}); got {fallback_action!r}"
-            )
-    else:
-        try:
-            low, high = np.asarray(models.action_low), np.asarray(models.action_high)
-        except Exception:
-            return
-        if value.shape != low.shape or np.any(value < low) or np.any(value > high):
-            raise ValueError(
-                f"fallback_action must be a {low.shape} vector inside the action bounds; got {fallback_action!r}"
-            )
-
-
-def checked_stats(stats: ActionStats) -> ActionStats:
-    """Fails loudly inside jit (:func:`priorguard._checks.fail_if`) when a predicted value is not finite."""
-    bad = ~(jnp.all(jnp.isfinite(stats.world_values)) & jnp.all(jnp.isfinite(stats.current_value)))
-    return fail_if(stats, bad, "planner: non-finite predicted value (check the W, T and I draws at these states)")
+__all__ = ["plan_one_step"]
 
 
 def plan_one_step(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from priorguard.planners.base import PlanningModels
+from priorguard.planners.worlds import PlanningModels
 
 __all__ = [
     "BoxUniformProposal",

@@ -1,61 +1,59 @@
-"""Veto and scoring rules, composed like optax transformations.
+"""Veto and scoring rules, composed like optax transformations, and a registry to build them by name.
 
-A :class:`VetoRule` is a pair of pure functions over :class:`ActionStats`
-(a frozen equinox module whose numeric hyperparameters are array leaves):
+A :class:`VetoRule` is a frozen equinox module over :class:`ActionStats` whose
+numeric hyperparameters are array leaves. It has one required method and one
+optional one:
 
 * ``veto(stats) -> [B, K] bool``: True where an action is vetoed;
 * ``score(stats, score) -> [B, K]``: transforms the running score (which
-  starts at ``stats.mean``).
+  starts at ``stats.mean``); by default it keeps it.
 
 ``chain(r1, r2, ...)`` ORs the veto masks and applies the score transforms in
 order, exactly like ``optax.chain``. The planners then pick the best-scoring
 non-vetoed action (:func:`select_action`); when every action is vetoed they
 return the declared fallback action and report that they did.
 
-The epistemic-std threshold can be calibrated by split conformal prediction
-(:func:`conformal_threshold`): with scores from n held-out in-distribution
-(state, action) pairs, the threshold is the ``ceil((n + 1)(1 - alpha)) / n``
-empirical quantile, so a fresh exchangeable pair is vetoed with probability
-at most alpha.
+Rules are built from configuration by name (:func:`make_veto_rule`): every rule,
+the built-in ``"epistemic_std"``, ``"value_drop"`` and ``"lcb"`` included, is
+registered with :func:`register_veto_rule`, so a module outside the package adds
+a rule by registering its factory. The epistemic-std threshold can be calibrated
+by split conformal prediction (:mod:`priorguard.planners.conformal`).
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int
 
-from priorguard._shapes import shape_bucket
-from priorguard.planners.base import ActionStats, PlanningModels, action_stats
+from priorguard.planners.base import ActionStats
+from priorguard.planners.conformal import ConformalThreshold, conformal_threshold
 
 __all__ = [
     "Chain",
-    "ConformalThreshold",
     "EpistemicStdVeto",
     "LowerConfidenceBound",
     "MaskRule",
     "ValueDropVeto",
     "VetoRule",
+    "VetoRuleFactory",
     "apply_rule",
-    "calibration_scores",
     "chain",
-    "conformal_threshold",
     "disarmed",
     "epistemic_std_veto",
+    "fallback_where",
     "identity",
     "lower_confidence_bound",
     "make_veto_rule",
     "mask_rule",
+    "register_veto_rule",
     "select_action",
     "value_drop_veto",
+    "veto_rule_names",
 ]
 
 VetoFn = Callable[[ActionStats], Bool[Array, "B K"]]
@@ -64,19 +62,21 @@ VetoFn = Callable[[ActionStats], Bool[Array, "B K"]]
 class VetoRule(eqx.Module):
     """A veto/scoring rule: a pair of pure functions, like an optax transformation (abstract).
 
-    ``veto(stats) -> [B, K]`` bool mask (True: vetoed) and ``score(stats,
-    score[B, K]) -> [B, K]`` (the updated running score). Rules are frozen
-    pytrees whose numeric hyperparameters are array leaves, so changing a
-    threshold or kappa does not recompile a jitted planner.
+    ``veto(stats) -> [B, K]`` bool mask (True: vetoed) is the one required
+    method; ``score(stats, score[B, K]) -> [B, K]`` (the updated running score)
+    keeps the score unless a rule overrides it. Rules are frozen pytrees whose
+    numeric hyperparameters are array leaves, so changing a threshold or kappa
+    does not recompile a jitted planner. A rule that should take part in the
+    no-veto ablation also defines ``disarmed()``.
     """
 
     @abc.abstractmethod
     def veto(self, stats: ActionStats) -> Bool[Array, "B K"]:
         """``[B, K]`` True where the action is vetoed."""
 
-    @abc.abstractmethod
     def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
-        """The updated ``[B, K]`` score."""
+        """The updated ``[B, K]`` score (by default ``score`` unchanged)."""
+        return score
 
     def can_veto(self) -> Bool[Array, ""]:
         """Scalar: False only when the rule vetoes no finite-valued action (planners may then skip the
@@ -127,9 +127,6 @@ class EpistemicStdVeto(VetoRule):
     def veto(self, stats: ActionStats) -> Bool[Array, "B K"]:
         return stats.std > self.threshold
 
-    def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
-        return score
-
     def can_veto(self) -> Bool[Array, ""]:
         return self.threshold < jnp.inf
 
@@ -144,9 +141,6 @@ class ValueDropVeto(VetoRule):
 
     def veto(self, stats: ActionStats) -> Bool[Array, "B K"]:
         return stats.mean < stats.current_value[..., None] - self.value_drop
-
-    def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
-        return score
 
     def can_veto(self) -> Bool[Array, ""]:
         return self.value_drop < jnp.inf
@@ -180,9 +174,6 @@ class MaskRule(VetoRule):
 
     def veto(self, stats: ActionStats) -> Bool[Array, "B K"]:
         return self.veto_fn(stats)
-
-    def score(self, stats: ActionStats, score: Float[Array, "B K"]) -> Float[Array, "B K"]:
-        return score
 
 
 def identity() -> VetoRule:
@@ -260,113 +251,6 @@ def apply_rule(rule: VetoRule | None, stats: ActionStats) -> tuple[Bool[Array, "
     return rule.veto(stats), rule.score(stats, stats.mean)
 
 
-@dataclasses.dataclass(frozen=True)
-class ConformalThreshold:
-    """A split-conformal epistemic-std threshold, stored with the run.
-
-    Attributes:
-        threshold: veto when the epistemic std exceeds this (``inf`` when n is
-            too small for the requested alpha: then nothing is vetoed).
-        alpha: the target false-veto rate in distribution.
-        n: number of calibration scores.
-    """
-
-    threshold: float
-    alpha: float
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/TOML-serialisable record (``inf`` becomes the string ``"inf"``)."""
-        threshold: float | str = self.threshold if math.isfinite(self.threshold) else "inf"
-        return {"threshold": threshold, "alpha": self.alpha, "n": self.n}
-
-    @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> ConformalThreshold:
-        """Inverse of :meth:`to_dict`."""
-        return cls(threshold=float(record["threshold"]), alpha=float(record["alpha"]), n=int(record["n"]))
-
-
-def conformal_threshold(scores: Any, *, alpha: float) -> ConformalThreshold:
-    """Split-conformal threshold for the epistemic-std veto (host side, outside jit).
-
-    With n calibration scores (epistemic stds of held-out train-split
-    (state, action) pairs) the threshold is the ``k = ceil((n + 1)(1 - alpha))``-th
-    smallest score. For a fresh pair exchangeable with the calibration pairs,
-    ``P(std > threshold) <= alpha``. When ``k > n`` no finite threshold has
-    that guarantee and the threshold is ``inf``.
-
-    Args:
-        scores: ``[n]`` calibration stds.
-        alpha: target false-veto rate, in (0, 1).
-
-    Returns:
-        A :class:`ConformalThreshold`.
-
-    Example:
-        >>> conformal_threshold(list(range(1, 20)), alpha=0.1).threshold
-        18.0
-    """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    values = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
-    if not np.all(np.isfinite(values)):
-        raise ValueError("calibration scores must be finite")
-    n = values.size
-    if n == 0:
-        raise ValueError("conformal calibration needs at least one score")
-    k = math.ceil((n + 1) * (1.0 - alpha) - 1e-12)
-    threshold = float(values[k - 1]) if k <= n else math.inf
-    return ConformalThreshold(threshold=threshold, alpha=float(alpha), n=int(n))
-
-
-def calibration_scores(
-    models: PlanningModels,
-    key: PRNGKeyArray,
-    obs: Float[Array, "N Ds"],
-    *,
-    discount: float,
-    actions: Array | None = None,
-    proposal: Any = None,
-    proposal_params: Any = None,
-) -> Float[Array, " N"]:
-    """Epistemic stds of one action per held-out state, for conformal calibration.
-
-    Use one action per state (the behaviour action from the train split, or one
-    draw from A) so the n scores are exchangeable with a fresh in-distribution
-    (state, action) pair.
-
-    Args:
-        models: the planning models.
-        key: consumed; used only when actions are drawn from ``proposal``.
-        obs: ``[N, Ds]`` held-out train-split observations.
-        discount: weight of I in ``T + discount * I``.
-        actions: ``[N]`` or ``[N, Da]`` actions taken there, or None to draw one
-            from ``proposal``.
-        proposal: a proposal with ``sample(params, key, obs, k)``.
-        proposal_params: its parameters.
-
-    Returns:
-        ``[N]`` epistemic std of ``T + discount * I`` after each action.
-    """
-    if actions is None and proposal is None:
-        raise ValueError("calibration_scores needs actions or a proposal to draw them from")
-    # Pad N up to a shape bucket (8 per octave) so calibration sets of nearby sizes
-    # share one compiled program; the padded rows are dropped.
-    n = obs.shape[0]
-    size = shape_bucket(n, direction="up")
-    rows = jnp.arange(size) % n
-    padded = None if actions is None else jnp.asarray(actions)[rows]
-    return _calibration_scores(models, key, jnp.asarray(obs)[rows], discount, padded, proposal, proposal_params)[:n]
-
-
-@eqx.filter_jit
-def _calibration_scores(models: PlanningModels, key: PRNGKeyArray, obs: Array, discount: float, actions: Any,
-                        proposal: Any, proposal_params: Any) -> Array:
-    if actions is None:
-        actions = proposal.sample(proposal_params, key, obs, 1)[:, 0]
-    return action_stats(models, obs, actions[:, None], discount=discount).std[:, 0]
-
-
 def epistemic_std_veto(threshold: float | Array | ConformalThreshold) -> VetoRule:
     """Vetoes actions whose epistemic std of T + discount * I exceeds a threshold.
 
@@ -420,6 +304,91 @@ def mask_rule(veto_fn: VetoFn) -> VetoRule:
     """
     return MaskRule(veto_fn=veto_fn)
 
+#: Builds a rule from its configuration: ``factory(**params) -> VetoRule``. A factory registered
+#: with ``calibrated=True`` also takes ``calibration_stds=`` and returns ``(rule, ConformalThreshold | None)``.
+VetoRuleFactory = Callable[..., Any]
+
+#: name -> (factory, calibrated), filled by :func:`register_veto_rule`.
+_VETO_RULES: dict[str, tuple[VetoRuleFactory, bool]] = {}
+
+
+def register_veto_rule(name: str, factory: VetoRuleFactory | None = None, *, calibrated: bool = False) -> Any:
+    """Registers a veto rule under ``name``, so that :func:`make_veto_rule` builds it from its configuration.
+
+    Use it as a call, ``register_veto_rule(name, factory)``, or as a decorator,
+    ``@register_veto_rule(name)``; both return the factory. The factory is called
+    with the rule's parameters as keywords and returns a :class:`VetoRule`
+    (define ``disarmed()`` on it for the no-veto ablation). Registering another
+    factory under a taken name is an error; registering the same one again is not.
+
+    Args:
+        name: the rule's name in configurations.
+        factory: ``factory(**params) -> VetoRule``; None to get a decorator.
+        calibrated: the factory also takes ``calibration_stds=`` (the scores from
+            :func:`priorguard.planners.conformal.calibration_scores`, or None) and
+            returns ``(rule, ConformalThreshold | None)``.
+
+    Returns:
+        ``factory``, or a decorator that registers one.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> @register_veto_rule("doc_negative_mean")
+        ... def negative_mean():
+        ...     return mask_rule(lambda stats: stats.mean < 0)
+        >>> rule, _ = make_veto_rule(rules=[("doc_negative_mean", {})])
+        >>> stats = ActionStats.from_world_values(jnp.array([[[-1.0], [1.0]]]), jnp.array([[0.0]]))
+        >>> rule.veto(stats).tolist()
+        [[True, False]]
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a veto rule's name must be a non-empty string, got {name!r}")
+
+    def register(fn: VetoRuleFactory) -> VetoRuleFactory:
+        if _VETO_RULES.get(name, (fn, calibrated)) != (fn, calibrated):
+            raise ValueError(f"a different veto rule is already registered as {name!r}")
+        _VETO_RULES[name] = (fn, calibrated)
+        return fn
+
+    return register if factory is None else register(factory)
+
+
+def veto_rule_names() -> tuple[str, ...]:
+    """The registered veto rules' names, sorted."""
+    return tuple(sorted(_VETO_RULES))
+
+
+def _build_rule(name: str, params: Mapping[str, Any], calibration_stds: Any) -> tuple[VetoRule, Any]:
+    """One registered rule from its parameters: ``(rule, conformal record or None)``."""
+    if name not in _VETO_RULES:
+        raise ValueError(f"unknown veto rule {name!r}; registered: {', '.join(veto_rule_names())}")
+    factory, calibrated = _VETO_RULES[name]
+    if calibrated:
+        rule, record = factory(**params, calibration_stds=calibration_stds)
+    else:
+        rule, record = factory(**params), None
+    if not isinstance(rule, VetoRule):
+        raise TypeError(f"veto rule {name!r}: the factory returned {type(rule).__name__}, not a VetoRule")
+    return rule, record
+
+
+def _epistemic_std_rule(*, threshold: float | Literal["auto"], alpha: float = 0.1,
+                        calibration_stds: Any = None) -> tuple[VetoRule, ConformalThreshold | None]:
+    """The ``"epistemic_std"`` rule: a fixed threshold, or ``"auto"`` calibrated by split conformal."""
+    if threshold == "auto":
+        if calibration_stds is None:
+            raise ValueError('epistemic_std="auto" needs calibration_stds from held-out train-split states')
+        record = conformal_threshold(calibration_stds, alpha=alpha)
+        return epistemic_std_veto(record), record
+    if isinstance(threshold, str):
+        raise ValueError(f'epistemic_std must be a number, "auto" or None; got {threshold!r}')
+    return epistemic_std_veto(float(threshold)), None
+
+
+register_veto_rule("epistemic_std", _epistemic_std_rule, calibrated=True)
+register_veto_rule("value_drop", value_drop_veto)
+register_veto_rule("lcb", lower_confidence_bound)
+
 
 def make_veto_rule(
     *,
@@ -428,8 +397,14 @@ def make_veto_rule(
     kappa: float = 0.0,
     alpha: float = 0.1,
     calibration_stds: Any = None,
+    rules: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> tuple[VetoRule, ConformalThreshold | None]:
-    """Builds the standard rule chain from configuration values.
+    """Builds the rule chain from configuration values, every rule through the registry.
+
+    The built-in values become ``("epistemic_std", {"threshold": epistemic_std,
+    "alpha": alpha})``, ``("value_drop", {"value_drop": value_drop})`` and
+    ``("lcb", {"kappa": kappa})`` (each only when set), in that order; ``rules``
+    follow them. Vetoes are OR-ed; score transforms apply in that order.
 
     Args:
         epistemic_std: a threshold, ``"auto"`` for split-conformal calibration
@@ -437,29 +412,36 @@ def make_veto_rule(
         value_drop: failsafe drop, or None for no failsafe.
         kappa: LCB coefficient (0: score by the mean).
         alpha: target in-distribution false-veto rate for ``"auto"``.
-        calibration_stds: ``[n]`` scores from :func:`calibration_scores`
-            (required for ``"auto"``).
+        calibration_stds: ``[n]`` scores from
+            :func:`priorguard.planners.conformal.calibration_scores` (required for ``"auto"``).
+        rules: further ``(name, params)`` pairs of rules given to :func:`register_veto_rule`.
 
     Returns:
         ``(rule, record)``: the chained rule and the conformal record to store
-        with the run (None unless ``epistemic_std == "auto"``).
+        with the run (None unless a rule calibrated itself, e.g. ``epistemic_std == "auto"``).
+
+    Raises:
+        ValueError: for an unknown rule name, or more than one calibrated record.
     """
-    rules: list[VetoRule] = []
-    record = None
-    if epistemic_std == "auto":
-        if calibration_stds is None:
-            raise ValueError('epistemic_std="auto" needs calibration_stds from held-out train-split states')
-        record = conformal_threshold(calibration_stds, alpha=alpha)
-        rules.append(epistemic_std_veto(record))
-    elif epistemic_std is not None:
-        if isinstance(epistemic_std, str):
-            raise ValueError(f'epistemic_std must be a number, "auto" or None; got {epistemic_std!r}')
-        rules.append(epistemic_std_veto(float(epistemic_std)))
+    entries: list[tuple[str, Mapping[str, Any]]] = []
+    if epistemic_std is not None:
+        entries.append(("epistemic_std", {"threshold": epistemic_std, "alpha": alpha}))
     if value_drop is not None:
-        rules.append(value_drop_veto(value_drop))
+        entries.append(("value_drop", {"value_drop": value_drop}))
     if kappa:
-        rules.append(lower_confidence_bound(kappa))
-    return chain(*rules), record
+        entries.append(("lcb", {"kappa": kappa}))
+    entries.extend(rules)
+    built: list[VetoRule] = []
+    record = None
+    for name, params in entries:
+        rule, rule_record = _build_rule(name, params, calibration_stds)
+        if rule_record is not None:
+            if record is not None:
+                raise ValueError("make_veto_rule: more than one rule returned a conformal record")
+            record = rule_record
+        built.append(rule)
+    return chain(*built), record
+
 
 
 def select_action(
@@ -504,5 +486,3 @@ def fallback_where(used_fallback: Bool[Array, " B"], chosen: Array, fallback_act
     mask = used_fallback.reshape(used_fallback.shape + (1,) * (chosen.ndim - used_fallback.ndim))
     return jnp.where(mask, fallback, chosen)
 
-
-jax.tree_util.register_static(ConformalThreshold)
