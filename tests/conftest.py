@@ -7,3 +7,21 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+import pytest  # noqa: E402
+
+#: Test files that run the CLI (or a sweep) end to end in subprocesses: marked ``e2e``, run by
+#: default and in CI; ``pytest -m "not e2e"`` leaves them out for a quick pass.
+E2E_FILES = {
+    "cli/test_cli_basic.py", "cli/test_prior_check.py", "cli/test_shipped_experiments.py", "cli/test_tutorial.py",
+    "experiments/test_ray_backend.py", "experiments/test_sweep_kill_real.py", "experiments/test_sweep_store.py",
+    "golden/test_golden.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = config.rootpath / "tests"
+    for item in items:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        if path in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)
