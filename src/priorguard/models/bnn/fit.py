@@ -17,7 +17,15 @@ from jaxtyping import Array, PRNGKeyArray
 
 from priorguard.models import _numpyro_util as nu
 from priorguard.models.base import Data
-from priorguard.models.bnn.network import MLPApply, _build_model, _fold_scaling, _net_config, _NetConfig, _Scaling, _site_dims
+from priorguard.models.bnn.network import (
+    MLPApply,
+    _build_model,
+    _fold_scaling,
+    _net_config,
+    _NetConfig,
+    _Scaling,
+    _site_dims,
+)
 from priorguard.models.bnn.posterior import BNNPosterior, DepthFit
 from priorguard.models.datatree import posterior_dataset
 from priorguard.priors.distributions import Prior
@@ -250,7 +258,7 @@ def fit_bnn(spec: BNNModel | Mapping[str, Any], data: Data, *, key: PRNGKeyArray
             ``[0, 1]`` by them. None leaves inputs as they are.
         symmetry_correction: add the log of the number of equivalent hidden-unit
             relabellings to each depth's evidence (speed prior only; off by
-            default, see the module notes).
+            default, see the notes of :mod:`priorguard.models.bnn`).
         feature_names: names of the ``D`` inputs, the DataTree's ``feature``
             coordinate (None: the spec's ``features`` when they match, else indices).
         output_names: names of the ``O`` outputs, its ``output`` coordinate (None: indices).
