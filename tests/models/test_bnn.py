@@ -323,9 +323,11 @@ def test_docstring_examples_run():
     import doctest
 
     import priorguard.models.bnn as bnn
+    import priorguard.models.bnn.fit as bnn_fit
 
-    result = doctest.testmod(bnn, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 8 and result.failed == 0
+    results = [doctest.testmod(m, optionflags=doctest.ELLIPSIS) for m in (bnn, bnn_fit)]
+    assert results[0].attempted >= 8 and results[1].attempted >= 5
+    assert all(r.failed == 0 for r in results)
 
 
 @pytest.mark.slow

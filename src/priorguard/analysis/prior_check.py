@@ -89,7 +89,8 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> R
 def _bnn_prior(spec: BNNModel, role: str, names: list[str], out_names: list[str], key: Any, n: int) -> RolePrior:
     from numpyro.infer import Predictive
 
-    from priorguard.models.bnn import _ACTIVATIONS, bnn_model
+    from priorguard.models.bnn import bnn_model
+    from priorguard.models.bnn.network import _ACTIVATIONS
 
     d, o = len(names), len(out_names)
     bars = {}
