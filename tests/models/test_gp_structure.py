@@ -10,7 +10,7 @@ import numpy as np
 
 from priorguard.models.base import Posterior, as_data
 from priorguard.models.gp import fit_gp
-from priorguard.models.structure_search import StructurePosterior
+from priorguard.models.gp import StructurePosterior
 from priorguard.priors.models import GPModel
 
 

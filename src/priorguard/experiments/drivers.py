@@ -27,7 +27,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from priorguard._checks import checked_jit
+from priorguard._compile import checked_jit
 from priorguard.planners import veto as veto_lib
 from priorguard.planners.base import PlanningModels
 from priorguard.planners.cem import plan_cem

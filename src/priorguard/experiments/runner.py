@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from priorguard._shapes import shape_bucket
+from priorguard._compile import shape_bucket
 from priorguard.analysis.diagnostics import auroc, diagnose, interval_coverage
 from priorguard.envs import env_info, jax_model, reference_policies
 from priorguard.experiments.drivers import Actor, alone_actor, driver_for

@@ -23,7 +23,7 @@ import optax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from scipy import stats as scipy_stats
 
-from priorguard._checks import checked_jit, fail_if
+from priorguard._compile import checked_jit, fail_if
 from priorguard.planners.base import PlanningModels, world_std
 
 __all__ = [

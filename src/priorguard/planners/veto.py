@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from priorguard._shapes import shape_bucket
+from priorguard._compile import shape_bucket
 from priorguard.planners.base import ActionStats, PlanningModels, action_stats
 
 __all__ = [
