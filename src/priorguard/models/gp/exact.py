@@ -124,7 +124,7 @@ class GPPosterior(eqx.Module):
         """``n`` pathwise posterior draws (Wilson et al., 2020), callable at any input.
 
         Each draw picks a hyperparameter sample (by weight), draws a prior
-        function from random features (see :mod:`priorguard.models._gpjax`) and
+        function from random features (see :mod:`priorguard.models.gp.features`) and
         adds ``k(x, X) K^-1 (y - f_prior(X) - eps)``.
 
         Args:
