@@ -55,7 +55,8 @@ import xarray as xr  # noqa: E402
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO  # noqa: E402
 from numpyro.infer.autoguide import AutoNormal  # noqa: E402
 
-from priorguard.models import _numpyro_util as nu  # noqa: E402
+from priorguard._compile import TRACE_COUNTS  # noqa: E402
+from priorguard.models.inference import SamplingWarning  # noqa: E402
 from priorguard.models.base import as_data  # noqa: E402
 from priorguard.models.bnn import fit_bnn  # noqa: E402
 from priorguard.priors.models import BNNModel  # noqa: E402
@@ -119,10 +120,10 @@ def run_side(side: str, repeats: int) -> dict:
     for seed in range(1 + repeats):  # the same data and keys on both sides
         x, y = data(seed)
         key = jax.random.key(seed)
-        before = dict(nu.TRACE_COUNTS)
+        before = dict(TRACE_COUNTS)
         if side == "priorguard":
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", nu.SamplingWarning)
+                warnings.simplefilter("ignore", SamplingWarning)
                 post, t = timed(lambda: fit_bnn(nuts_spec, as_data(x, y, dtype=DTYPE), key=key))
             samples = post.samples()
             steps = int(np.sum(post.fit_at().sample_stats["num_steps"]))
@@ -136,20 +137,20 @@ def run_side(side: str, repeats: int) -> dict:
 
             samples, t = timed(run)
             steps = int(np.sum(np.asarray(mcmc.get_extra_fields()["num_steps"])))
-        traced = sum(v - before.get(k, 0) for k, v in nu.TRACE_COUNTS.items())
+        traced = sum(v - before.get(k, 0) for k, v in TRACE_COUNTS.items())
         out["nuts"].append({"time": t, "ess": min_bulk_ess(samples), "traced": traced, "steps": steps,
                             "first_draw": {k: np.asarray(v)[:, :1].tolist() for k, v in samples.items()}})
     for seed in range(1 + repeats):
         x, y = data(seed)
         key = jax.random.key(seed)
-        before = dict(nu.TRACE_COUNTS)
+        before = dict(TRACE_COUNTS)
         if side == "priorguard":
             _, t = timed(lambda: fit_bnn(svi_spec, as_data(x, y, dtype=DTYPE), key=key))
         else:
             xs = jnp.asarray(x, DTYPE)
             ys = jnp.asarray((y - y.mean(0)) / y.std(0), DTYPE)
             _, t = timed(lambda: svi.run(fit_key(key), SVI_STEPS, xs, ys, progress_bar=False).losses)
-        traced = sum(v - before.get(k, 0) for k, v in nu.TRACE_COUNTS.items())
+        traced = sum(v - before.get(k, 0) for k, v in TRACE_COUNTS.items())
         out["svi"].append({"time": t, "traced": traced})
     return out
 

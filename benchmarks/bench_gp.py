@@ -36,9 +36,12 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from priorguard.models import _gpjax as backend  # noqa: E402
+from priorguard.models.gp import _gpjax  # noqa: E402
 from priorguard.models.base import as_data  # noqa: E402
-from priorguard.models.gp import fit_exact_gp, map_objective, prepare_data  # noqa: E402
+from priorguard.models.gp import fit_exact_gp  # noqa: E402
+from priorguard.models.gp.data import prepare_data  # noqa: E402
+from priorguard.models.gp.kernels import compile_program  # noqa: E402
+from priorguard.models.gp.objective import map_objective  # noqa: E402
 from priorguard.priors.kernels import StationaryKernel  # noqa: E402
 from priorguard.priors.models import MapInference, SparseSpec  # noqa: E402
 
@@ -96,7 +99,7 @@ def bench_map_fit() -> None:
                 "noise_var": float(k.k2.noise_level)}
 
     def gpjax_fit():
-        params, _ = backend.gpjax_fit_ard_rbf_scipy(jnp.asarray(x), jnp.asarray(y), lengthscale=start["ls"],
+        params, _ = _gpjax.gpjax_fit_ard_rbf_scipy(jnp.asarray(x), jnp.asarray(y), lengthscale=start["ls"],
                                                     variance=start["var"], noise=np.sqrt(start["noise_var"]))
         return {"ls": params["lengthscale"], "var": float(params["variance"]),
                 "noise_var": float(params["noise"]) ** 2}
@@ -143,15 +146,15 @@ def bench_mll_grad() -> None:
     rng = np.random.default_rng(1)
     n = 2000
     prep = prepare_data(as_data(rng.random((n, 4)), rng.standard_normal(n)))
-    program = backend.compile_program(StationaryKernel(kind="rbf"), noise=None, mean="zero",
-                                      feature_names=prep.feature_names, site_prefix="t")
+    program = compile_program(StationaryKernel(kind="rbf"), noise=None, mean="zero",
+                              feature_names=prep.feature_names, site_prefix="t")
     x, y = jnp.asarray(prep.x), jnp.asarray(prep.y)
     u = jnp.asarray([np.log(0.4)] * 4 + [0.0, np.log(0.1)])
     analytic = map_objective(program, 1, use_prior=False, analytic=True)
     autodiff = map_objective(program, 1, use_prior=False, analytic=False)
     autodiff_vg = jax.jit(jax.value_and_grad(autodiff.total))
     theta = {"t/kernel/lengthscale": jnp.full(4, 0.4), "t/kernel/variance": 1.0, "t/noise": 0.1}
-    k = jax.block_until_ready(jax.jit(lambda: backend.training_covariance(program, theta, x))())
+    k = jax.block_until_ready(jax.jit(lambda: program.training_covariance(theta, x))())
     chol = jax.jit(lambda m: jax.lax.linalg.cholesky(m, symmetrize_input=False))
     fns = {
         "cholesky": lambda: chol(k),
@@ -179,7 +182,7 @@ def bench_mll_grad() -> None:
 
 def bench_sparse() -> None:
     print("\n[3] sparse GP, M=256, B=512: one epoch + closed-form q pass, N=10k vs N=100k", flush=True)
-    from priorguard.models import sparse_gp
+    from priorguard.models.gp import sparse as sparse_gp
 
     rng = np.random.default_rng(2)
     per_n: dict[int, float] = {}
@@ -196,8 +199,8 @@ def bench_sparse() -> None:
         t_fit = timed(fit)[0]
         # the part that scales with N: the epoch of minibatch steps and the q pass
         prep = prepare_data(data, feature_ranges=[(0.0, 1.0)] * 2)
-        program = backend.compile_program(StationaryKernel(kind="rbf"), noise=None, mean="zero",
-                                          feature_names=prep.feature_names, site_prefix="terminal")
+        program = compile_program(StationaryKernel(kind="rbf"), noise=None, mean="zero",
+                                  feature_names=prep.feature_names, site_prefix="terminal")
         trainer = sparse_gp.SvgpTrainer(program, 1, spec)
         u0 = {"terminal/kernel/lengthscale": jnp.full((1, 2), -1.0), "terminal/kernel/variance": jnp.zeros(1),
               "terminal/noise": jnp.full(1, -2.0)}
@@ -228,7 +231,7 @@ def bench_repeated_inputs() -> None:
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-    from priorguard.models import gp as gp_module
+    from priorguard.models.gp import data as gp_module
 
     rng = np.random.default_rng(1)
     grid = np.stack(np.meshgrid(np.linspace(0, 1, 8), np.linspace(0, 1, 5)), -1).reshape(-1, 2)

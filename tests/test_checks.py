@@ -1,4 +1,4 @@
-"""Run-time checks: loud failures that leave compiled programs cacheable (priorguard._checks)."""
+"""Run-time checks: loud failures that leave compiled programs cacheable (priorguard._compile)."""
 
 import doctest
 
@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from priorguard import _checks
-from priorguard._checks import CheckFailedError, checked_jit, fail_if
+from priorguard import _compile
+from priorguard._compile import CheckFailedError, checked_jit, fail_if
 
 
 def _no_negatives(v):
@@ -49,8 +49,8 @@ def test_outside_checked_jit_it_is_error_if():
 
 def test_no_check_leaks_out_of_a_trace():
     checked_jit(_no_negatives)(jnp.ones(4))
-    assert _checks._FRAME.get() is None
+    assert _compile._FRAME.get() is None
 
 
 def test_docstring_examples_run():
-    assert doctest.testmod(_checks, optionflags=doctest.ELLIPSIS).failed == 0
+    assert doctest.testmod(_compile, optionflags=doctest.ELLIPSIS).failed == 0

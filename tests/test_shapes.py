@@ -1,4 +1,4 @@
-"""Shape buckets (priorguard._shapes): few distinct sizes, each close to the size asked for."""
+"""Shape buckets (priorguard._compile): few distinct sizes, each close to the size asked for."""
 
 import doctest
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from priorguard import _shapes
-from priorguard._shapes import shape_bucket
+from priorguard import _compile
+from priorguard._compile import shape_bucket
 
 
 @given(n=st.integers(1, 10**7), per_octave=st.sampled_from([1, 2, 4, 8, 16]))
@@ -37,4 +37,4 @@ def test_per_octave_must_be_a_power_of_two():
 
 
 def test_docstring_examples_run():
-    assert doctest.testmod(_shapes).failed == 0
+    assert doctest.testmod(_compile).failed == 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpyro.handlers import seed, substitute, trace
 
-from priorguard.models import _numpyro_util as nu
+from priorguard.models.inference import NutsProgram, SamplingWarning, warn_on_diagnostics
 from priorguard.models.base import FunctionDraws, Posterior, as_data
 from priorguard.models.bnn import BNN, DepthMixtureApply, MLPApply, bnn_model, fit_bnn
 from priorguard.priors.models import BNNModel
@@ -258,14 +258,14 @@ def test_sampler_warnings_use_pymc_words():
     good = xr.Dataset({"a": (["chain", "draw"], rng.normal(size=(2, 500)))})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        figures = nu.warn_on_diagnostics(good, np.zeros((2, 500), bool))
+        figures = warn_on_diagnostics(good, np.zeros((2, 500), bool))
     assert figures["divergences"] == 0 and figures["max_rhat"] < 1.01
     stuck = np.cumsum(rng.normal(size=(2, 500)), axis=1) + np.array([[0.0], [30.0]])
     bad = xr.Dataset({"a": (["chain", "draw"], stuck)})
     diverging = np.zeros((2, 500), bool)
     diverging[0, :3] = True
-    with pytest.warns(nu.SamplingWarning) as record:
-        nu.warn_on_diagnostics(bad, diverging)
+    with pytest.warns(SamplingWarning) as record:
+        warn_on_diagnostics(bad, diverging)
     messages = [str(r.message) for r in record]
     assert messages == [
         "There were 3 divergences after tuning. Increase `target_accept` or reparameterize.",
@@ -283,7 +283,7 @@ def test_nuts_program_is_numpyros_nuts():
     x = jnp.asarray(rng.normal(size=(20, 2)))
     y = x @ jnp.asarray([[1.0], [-0.5]]) + 0.3 * jnp.asarray(rng.normal(size=(20, 1)))
     key = jax.random.key(3)
-    program = nu.NutsProgram(model, warmup=20, samples=5, chains=2, target_accept=0.8, max_tree_depth=10)
+    program = NutsProgram(model, warmup=20, samples=5, chains=2, target_accept=0.8, max_tree_depth=10)
     out = program.run(key, x, y)
     mcmc = MCMC(NUTS(model), num_warmup=20, num_samples=5, num_chains=2, chain_method=program.chain_method,
                 progress_bar=False)
@@ -306,7 +306,7 @@ def test_speed_prior_evidence_under_sampling_methods(method):
     spec = BNNModel(model="bnn", hidden=[4], inference=inference,
                     speed={"kind": "depth", "max_depth": 1, "strength": 1.0})
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nu.SamplingWarning)
+        warnings.simplefilter("ignore", SamplingWarning)
         post = fit_bnn(spec, as_data(x, y), key=jax.random.key(0))
     assert set(post.depth_posterior) == {0, 1}
     assert math.isclose(sum(post.depth_posterior.values()), 1.0, rel_tol=1e-9)

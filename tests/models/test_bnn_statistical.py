@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from priorguard.models import _numpyro_util as nu
+from priorguard._compile import TRACE_COUNTS
+from priorguard.models.inference import SamplingWarning
 from priorguard.models.base import as_data
 from priorguard.models.bnn import fit_bnn
 from priorguard.priors.models import BNNModel
@@ -68,7 +69,7 @@ def linear_nuts():
                    "chains": 2},
     )
     with warnings.catch_warnings():  # R-hat at 1.01 is a coin toss at this size
-        warnings.simplefilter("ignore", nu.SamplingWarning)
+        warnings.simplefilter("ignore", SamplingWarning)
         post = fit_bnn(spec, as_data(x, y), key=jax.random.key(0))
     return spec, x, y, post
 
@@ -115,12 +116,12 @@ def test_nuts_second_fit_same_shapes_compiles_nothing(linear_nuts):
     spec, x, y, first = linear_nuts
     first.predict(x)
     x2, y2 = _linear_data(x.shape[0], seed=1)
-    before = dict(nu.TRACE_COUNTS)
+    before = dict(TRACE_COUNTS)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nu.SamplingWarning)
+        warnings.simplefilter("ignore", SamplingWarning)
         post = fit_bnn(spec, as_data(x2, y2), key=jax.random.key(7))
     post.predict(x2)
-    assert dict(nu.TRACE_COUNTS) == before
+    assert dict(TRACE_COUNTS) == before
 
 
 # --- Laplace evidence and the depth posterior ------------------------------------
@@ -227,12 +228,12 @@ def test_svi_second_fit_same_shapes_compiles_nothing(sparse_fits):
     first.predict(x)
     first.log_predictive_density(x, y)
     x2, y2 = _sparse_data(x.shape[0], seed=6)
-    before = dict(nu.TRACE_COUNTS)
+    before = dict(TRACE_COUNTS)
     post = fit_bnn(_svi_spec(), as_data(x2, y2), key=jax.random.key(3))
     post.predict(x2)
     post.log_predictive_density(x2, y2)
     post.sample_functions(jax.random.key(4), 10)(x2)
-    assert dict(nu.TRACE_COUNTS) == before
+    assert dict(TRACE_COUNTS) == before
     assert np.isfinite(az.loo(post.to_datatree()).elpd)
 
 
@@ -260,7 +261,7 @@ def test_predictive_interval_coverage(size):
                     inference={"method": "nuts", "warmup": 500 if full else 250,
                                "samples": 500 if full else 250, "chains": 2})
     with warnings.catch_warnings():  # BNN posteriors are multimodal: R-hat flags it, rightly
-        warnings.simplefilter("ignore", nu.SamplingWarning)
+        warnings.simplefilter("ignore", SamplingWarning)
         post = fit_bnn(spec, as_data(x, y), key=jax.random.key(4))
     n_test = 500 if full else 400
     xt, yt = _smooth_data(n_test, seed=22)

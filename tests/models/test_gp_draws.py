@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from priorguard.models.base import FunctionDraws, as_data
-from priorguard.models.gp import _exact_draw_params, condition_gp
+from priorguard.models.gp import condition_gp
+from priorguard.models.gp.draws import exact_draw_params
 from priorguard.priors.kernels import parse_kernel
 
 RNG = np.random.default_rng(7)
@@ -17,13 +18,12 @@ RNG = np.random.default_rng(7)
 def _latent_covariance(post, xs):
     """Posterior latent covariance by the closed form, from the posterior's own factor (MAP/fixed)."""
     st = post.state
-    from priorguard.models import _gpjax as backend
 
     theta = {k: v[0, 0] for k, v in st.theta.items()}
     u = st.model_inputs(jnp.asarray(xs))
-    kxs = backend.gram(st.program.kernel, theta, st.x, u, same=False)
+    kxs = st.program.kernel.gram(theta, st.x, u, same=False)
     v = jax.scipy.linalg.solve_triangular(st.chol[0, 0], kxs, lower=True)
-    cov = backend.gram(st.program.kernel, theta, u, u, same=False) - v.T @ v
+    cov = st.program.kernel.gram(theta, u, u, same=False) - v.T @ v
     return np.asarray(cov) * float(st.y_scale[0]) ** 2
 
 
@@ -87,7 +87,7 @@ def test_a_draw_is_a_function():
     np.testing.assert_array_equal(again, a)
     assert not np.allclose(post.sample_functions(jax.random.key(1), 5)(xq), a)
     # large N x features are drawn in padded chunks; the draws do not depend on the chunking
-    chunked = _exact_draw_params(post.state, jax.random.key(0), 5, 512, 2)
+    chunked = exact_draw_params(post.state, jax.random.key(0), 5, 512, 2)
     unbatched = {k: v for k, v in draws.params.items() if k != "basis"}
     assert set(unbatched) == set(chunked)
     for u, v in zip(jax.tree_util.tree_leaves(unbatched), jax.tree_util.tree_leaves(chunked)):
@@ -97,7 +97,8 @@ def test_a_draw_is_a_function():
 
 def test_repeated_inputs_collapse_to_the_same_draws():
     """Thousands of visits to a few states: the draw basis shrinks to the unique rows, values unchanged."""
-    from priorguard.models.gp import ExactDrawFn, collapse_duplicate_inputs
+    from priorguard.models.gp.data import collapse_duplicate_inputs
+    from priorguard.models.gp.draws import ExactDrawFn
 
     states = RNG.random((7, 2))
     x = states[RNG.integers(0, 7, 300)]
@@ -107,7 +108,7 @@ def test_repeated_inputs_collapse_to_the_same_draws():
     draws = post.sample_functions(jax.random.key(3), 6)
     assert draws.params["basis"]["x_fit"].shape[1] == 8  # 7 unique rows padded to the bucket 8
     # the full update term k(x, X) v over every training row, recomputed without collapsing
-    full = _exact_draw_params(post.state, jax.random.key(3), 6, 512, 6)
+    full = exact_draw_params(post.state, jax.random.key(3), 6, 512, 6)
     distinct = np.unique(np.asarray(post.state.x), axis=0)[:4]
     x_same, _ = collapse_duplicate_inputs(distinct, full["v"][..., :4])
     assert x_same is distinct  # nothing to collapse: returned as is

@@ -10,20 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from priorguard.models import _gpjax as backend
-from priorguard.models._numpyro_util import TRACE_COUNTS
+from priorguard._compile import TRACE_COUNTS
 from priorguard.models.base import Posterior, as_data
-from priorguard.models import gp as gp_module
-from priorguard.models.gp import (
-    GPNumericalError,
-    GroupedTargets,
-    JitterWarning,
-    condition_gp,
-    fit_exact_gp,
-    group_repeated_inputs,
-    map_objective,
-    prepare_data,
+from priorguard.models.gp import GPNumericalError, JitterWarning, condition_gp, fit_exact_gp
+from priorguard.models.gp import _gpjax
+from priorguard.models.gp import data as gp_data
+from priorguard.models.gp.data import GroupedTargets, group_repeated_inputs, prepare_data
+from priorguard.models.gp.kernels import compile_kernel, compile_program
+from priorguard.models.gp.linalg import (
+    POTRI_MIN_N,
+    cholesky_with_jitter,
+    inverse_from_cholesky,
+    log_marginal_likelihood,
 )
+from priorguard.models.gp.objective import map_objective
 from priorguard.priors.distributions import Prior
 from priorguard.priors.kernels import parse_kernel
 from priorguard.priors.models import MapInference
@@ -137,21 +137,21 @@ KERNELS = [
 
 @pytest.mark.parametrize("spec", KERNELS, ids=lambda s: s["kind"])
 def test_kernel_matches_gpjax(spec):
-    tree = backend.compile_kernel(parse_kernel(spec), feature_names=["a", "b"], site_prefix="t")
-    theta = {h.site: jnp.full(h.shape, h.fixed) for h in backend.kernel_hypers(tree)}
+    tree = compile_kernel(parse_kernel(spec), feature_names=["a", "b"], site_prefix="t")
+    theta = {h.site: jnp.full(h.shape, h.fixed) for h in tree.all_hypers()}
     x1, x2 = jnp.asarray(RNG.random((6, 2))), jnp.asarray(RNG.random((4, 2)))
-    np.testing.assert_allclose(backend.gram(tree, theta, x1, x2, same=False),
-                               backend.gpjax_gram(tree, theta, x1, x2), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(backend.gram_diag(tree, theta, x1, white=True),
-                               np.diag(backend.gpjax_gram(tree, theta, x1, x1)), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(tree.gram(theta, x1, x2, same=False),
+                               _gpjax.gpjax_gram(tree, theta, x1, x2), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(tree.gram_diag(theta, x1, white=True),
+                               np.diag(_gpjax.gpjax_gram(tree, theta, x1, x1)), rtol=1e-12, atol=1e-14)
 
 
 def test_white_kernel_is_noise_not_signal():
-    tree = backend.compile_kernel(parse_kernel({"kind": "white", "variance": 0.3}), feature_names=["a"],
-                                  site_prefix="t")
-    theta = {h.site: jnp.full(h.shape, h.fixed) for h in backend.kernel_hypers(tree)}
+    tree = compile_kernel(parse_kernel({"kind": "white", "variance": 0.3}), feature_names=["a"],
+                          site_prefix="t")
+    theta = {h.site: jnp.full(h.shape, h.fixed) for h in tree.all_hypers()}
     x = jnp.asarray(RNG.random((5, 1)))
-    np.testing.assert_allclose(backend.gram(tree, theta, x, x, same=True), backend.gpjax_gram(tree, theta, x, x))
+    np.testing.assert_allclose(tree.gram(theta, x, x, same=True), _gpjax.gpjax_gram(tree, theta, x, x))
     x = RNG.random((12, 1))
     y = RNG.standard_normal(12)
     post = condition_gp(parse_kernel({"kind": "sum", "terms": [
@@ -165,18 +165,18 @@ def test_white_kernel_is_noise_not_signal():
 
 
 def test_log_marginal_likelihood_matches_gpjax_and_numpy():
-    tree = backend.compile_kernel(parse_kernel(KERNELS[-1]), feature_names=["a", "b"], site_prefix="t")
-    theta = {h.site: jnp.full(h.shape, h.fixed) for h in backend.kernel_hypers(tree)}
+    tree = compile_kernel(parse_kernel(KERNELS[-1]), feature_names=["a", "b"], site_prefix="t")
+    theta = {h.site: jnp.full(h.shape, h.fixed) for h in tree.all_hypers()}
     x = jnp.asarray(RNG.random((15, 2)))
     y = jnp.asarray(RNG.standard_normal(15))
-    k = backend.gram(tree, theta, x, x, same=True) + 0.09 * jnp.eye(15)
-    ours = backend.log_marginal_likelihood(k, y)
+    k = tree.gram(theta, x, x, same=True) + 0.09 * jnp.eye(15)
+    ours = log_marginal_likelihood(k, y)
     sign, logdet = np.linalg.slogdet(np.asarray(k))
     ref = -0.5 * (y @ np.linalg.solve(k, y) + logdet + 15 * np.log(2 * np.pi))
     np.testing.assert_allclose(ours, ref, rtol=1e-12)
     # GPJax's Prior adds jitter 1e-6 to the kernel diagonal
-    ours_jittered = backend.log_marginal_likelihood(k + 1e-6 * jnp.eye(15), y)
-    np.testing.assert_allclose(ours_jittered, backend.gpjax_conjugate_mll(tree, theta, 0.3, x, y), rtol=1e-10)
+    ours_jittered = log_marginal_likelihood(k + 1e-6 * jnp.eye(15), y)
+    np.testing.assert_allclose(ours_jittered, _gpjax.gpjax_conjugate_mll(tree, theta, 0.3, x, y), rtol=1e-10)
 
 
 def test_analytic_gradient_equals_autodiff():
@@ -184,8 +184,8 @@ def test_analytic_gradient_equals_autodiff():
         {"kind": "matern52"}, {"kind": "product", "terms": [{"kind": "periodic", "active_dims": [0]},
                                                             {"kind": "linear"}]}]})
     prep = prepare_data(as_data(RNG.random((40, 2)), RNG.standard_normal((40, 2))))
-    program = backend.compile_program(kernel, noise=None, mean="constant", feature_names=prep.feature_names,
-                                      site_prefix="t")
+    program = compile_program(kernel, noise=None, mean="constant", feature_names=prep.feature_names,
+                              site_prefix="t")
     analytic = map_objective(program, 2, analytic=True)
     autodiff = map_objective(program, 2, analytic=False)
     u = jnp.asarray(RNG.uniform(-1.0, 1.0, analytic.size))
@@ -213,8 +213,8 @@ def repeated_inputs(n, unique, rng):
 def test_grouped_repeated_inputs_give_the_same_objective_and_gradient(use_prior, unique, kernel, noise_floor):
     rng = np.random.default_rng(unique)
     prep = prepare_data(as_data(*repeated_inputs(300, unique, rng)))
-    program = backend.compile_program(parse_kernel(kernel), noise=None, mean="constant",
-                                      feature_names=prep.feature_names, site_prefix="t", noise_floor=noise_floor)
+    program = compile_program(parse_kernel(kernel), noise=None, mean="constant",
+                              feature_names=prep.feature_names, site_prefix="t", noise_floor=noise_floor)
     xg, groups = group_repeated_inputs(program, prep.x, prep.y)
     assert int(np.sum(groups.counts > 0)) == unique and xg.shape[0] >= unique and groups.counts.sum() == 300
     if unique == 70:
@@ -234,7 +234,7 @@ def test_map_fit_on_repeated_inputs_matches_the_ungrouped_fit(monkeypatch):
     # then stop apart by more than the tolerance of the same objective
     fit = dict(inference=MapInference(method="map", steps=200), feature_ranges=[(0.0, 1.0)] * 2, noise_floor=0.0)
     grouped = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), **fit)
-    monkeypatch.setattr(gp_module, "GROUP_FRACTION", 0.0)  # never group
+    monkeypatch.setattr(gp_data, "GROUP_FRACTION", 0.0)  # never group
     full = fit_exact_gp(parse_kernel({"kind": "rbf"}), as_data(x, y), key=jax.random.key(0), **fit)
     for site, value in full.hyperparameters.items():
         np.testing.assert_allclose(grouped.hyperparameters[site], value, rtol=1e-4, err_msg=site)
@@ -245,10 +245,10 @@ def test_map_fit_on_repeated_inputs_matches_the_ungrouped_fit(monkeypatch):
 def test_inputs_are_not_grouped_with_white_noise_or_few_repeats():
     rng = np.random.default_rng(8)
     x, y = repeated_inputs(200, 10, rng)
-    white = backend.compile_program(parse_kernel({"kind": "sum", "terms": [{"kind": "rbf"}, {"kind": "white"}]}),
-                                    noise=None, mean="zero", feature_names=("a", "b"), site_prefix="t")
-    plain = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
-                                    feature_names=("a", "b"), site_prefix="t")
+    white = compile_program(parse_kernel({"kind": "sum", "terms": [{"kind": "rbf"}, {"kind": "white"}]}),
+                            noise=None, mean="zero", feature_names=("a", "b"), site_prefix="t")
+    plain = compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
+                            feature_names=("a", "b"), site_prefix="t")
     assert group_repeated_inputs(white, x, y) is None  # white noise acts per observation, not per input
     assert group_repeated_inputs(plain, x, y) is not None
     assert group_repeated_inputs(plain, rng.random((200, 2)), y) is None  # no repeats
@@ -305,7 +305,7 @@ def test_near_duplicate_inputs_get_jitter_not_nan():
 
 
 def test_indefinite_covariance_is_a_clear_error():
-    chol, jitter = backend.cholesky_with_jitter(-jnp.eye(4))
+    chol, jitter = cholesky_with_jitter(-jnp.eye(4))
     assert not np.all(np.isfinite(np.asarray(chol)))
     with pytest.raises(GPNumericalError, match="not positive definite"):
         condition_gp(parse_kernel({"kind": "rbf", "lengthscale": 0.3}), as_data(RNG.random((6, 1)), np.ones(6)),
@@ -358,14 +358,14 @@ def test_bad_inputs_fail_at_the_boundary():
 
 def test_lapack_inverse_path_at_large_n():
     """N >= POTRI_MIN_N takes the LAPACK potri callback on CPU: exact inverse, consistent gradient."""
-    n = backend.POTRI_MIN_N + 6
+    n = POTRI_MIN_N + 6
     prep = prepare_data(as_data(RNG.random((n, 2)), RNG.standard_normal(n)))
-    program = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
-                                      feature_names=prep.feature_names, site_prefix="t")
-    chol = jnp.linalg.cholesky(backend.training_covariance(
-        program, {"t/kernel/lengthscale": jnp.array([0.3, 0.4]), "t/kernel/variance": 1.0, "t/noise": 0.3},
+    program = compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
+                              feature_names=prep.feature_names, site_prefix="t")
+    chol = jnp.linalg.cholesky(program.training_covariance(
+        {"t/kernel/lengthscale": jnp.array([0.3, 0.4]), "t/kernel/variance": 1.0, "t/noise": 0.3},
         jnp.asarray(prep.x)))
-    inv = np.tril(np.asarray(jax.jit(backend.inverse_from_cholesky)(chol)))
+    inv = np.tril(np.asarray(jax.jit(inverse_from_cholesky)(chol)))
     ref = np.linalg.inv(np.asarray(chol @ chol.T))
     np.testing.assert_allclose(inv, np.tril(ref), atol=1e-9 * np.abs(ref).max())
     u = jnp.asarray([0.2, -0.3, 0.1, -1.0])
@@ -404,21 +404,22 @@ def test_numeric_prior_mean_is_where_the_gp_reverts_away_from_data():
 
 
 def test_a_learned_noise_is_floored_in_quadrature_and_a_fixed_one_is_not():
-    from priorguard.models.gp import NOISE_FLOOR, theta_from_sites
+    from priorguard.models.gp.objective import theta_from_sites
+    from priorguard.priors.models import NOISE_FLOOR
     from priorguard.priors.models import GPModel
 
     assert GPModel(model="gp").noise_floor == NOISE_FLOOR  # the spec's default is the library's
-    learned = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
-                                      feature_names=["a"], site_prefix="t", noise_floor=0.3)
+    learned = compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero",
+                              feature_names=["a"], site_prefix="t", noise_floor=0.3)
     theta = theta_from_sites(learned, {"t/kernel/lengthscale": jnp.array([0.5]), "t/kernel/variance": jnp.array(1.0),
                                        "t/noise": jnp.array(0.4)}, ())
     assert float(theta["t/noise"]) == pytest.approx(0.5)  # sqrt(0.4^2 + 0.3^2)
-    fixed = backend.compile_program(parse_kernel({"kind": "rbf"}), noise=0.001, mean="zero",
-                                    feature_names=["a"], site_prefix="t", noise_floor=0.3)
+    fixed = compile_program(parse_kernel({"kind": "rbf"}), noise=0.001, mean="zero",
+                            feature_names=["a"], site_prefix="t", noise_floor=0.3)
     assert fixed.noise_floor == 0.0
     with pytest.raises(ValueError, match="noise_floor"):
-        backend.compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero", feature_names=["a"],
-                                site_prefix="t", noise_floor=-1.0)
+        compile_program(parse_kernel({"kind": "rbf"}), noise=None, mean="zero", feature_names=["a"],
+                        site_prefix="t", noise_floor=-1.0)
     # deterministic labels on repeated inputs: the MAP noise runs to the box bound without the floor
     x = np.repeat(np.linspace(0.0, 1.0, 6), 20)[:, None]
     y = np.sin(4 * x[:, 0])

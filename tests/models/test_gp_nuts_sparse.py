@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from priorguard.models.base import Posterior, as_data
-from priorguard.models.gp import GPPosterior, SamplingWarning, fit_exact_gp, fit_gp
-from priorguard.models.sparse_gp import SparseGPPosterior
+from priorguard.models.gp import GPPosterior, SparseGPPosterior, fit_exact_gp, fit_gp
+from priorguard.models.inference import SamplingWarning
 from priorguard.priors.kernels import parse_kernel
 from priorguard.priors.models import GPModel, NutsInference, SparseSpec
 
@@ -54,7 +54,8 @@ def test_nuts_on_repeated_inputs_samples_the_full_data_posterior():
 
     from numpyro.infer.util import potential_energy, unconstrain_fn
 
-    from priorguard.models.gp import gp_model, group_repeated_inputs
+    from priorguard.models.gp.data import group_repeated_inputs
+    from priorguard.models.gp.objective import gp_model
 
     rng = np.random.default_rng(7)
     grid = rng.random((6, 1))

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from priorguard.models.base import Posterior, as_data
-from priorguard.models.gp import fit_gp
-from priorguard.models.structure_search import StructurePosterior
+from priorguard.models.gp import StructurePosterior, fit_gp
 from priorguard.priors.models import GPModel
 
 

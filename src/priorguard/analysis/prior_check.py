@@ -54,8 +54,8 @@ def _slices(dim: int, grid: np.ndarray) -> np.ndarray:
 def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> RolePrior:
     from numpyro.infer import Predictive
 
-    from priorguard.models import _gpjax as backend
-    from priorguard.models.gp import gp_model, theta_from_sites
+    from priorguard.models.gp.kernels import compile_program
+    from priorguard.models.gp.objective import gp_model, theta_from_sites
 
     bars = {}
     kernel = spec.kernel
@@ -63,8 +63,8 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> R
         prior = structure_prior(kernel, len(names))
         bars["structure"] = [(s.expression, p) for s, p in prior[:12]]
         kernel = prior[0][0].to_kernel(ard=kernel.ard)
-    program = backend.compile_program(kernel, noise=spec.noise, mean=spec.mean, feature_names=names,
-                                      site_prefix=role, noise_floor=spec.noise_floor)
+    program = compile_program(kernel, noise=spec.noise, mean=spec.mean, feature_names=names,
+                              site_prefix=role, noise_floor=spec.noise_floor)
     k_hyper, k_f, k_eps = jax.random.split(key, 3)
     draws = Predictive(lambda: gp_model(program), num_samples=n)(k_hyper)
     theta = theta_from_sites(program, draws, (n,))
@@ -73,9 +73,9 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> R
 
     def one(theta_s, key_s):
         def per_feature(xf, kf):
-            k = backend.gram(program.kernel, theta_s, xf, xf, same=True)
+            k = program.kernel.gram(theta_s, xf, xf, same=True)
             chol = jnp.linalg.cholesky(k + 1e-6 * (1.0 + jnp.mean(jnp.diag(k))) * jnp.eye(xf.shape[0]))
-            return chol @ jax.random.normal(kf, (xf.shape[0],)) + backend.mean_value(program, theta_s)
+            return chol @ jax.random.normal(kf, (xf.shape[0],)) + program.mean_value(theta_s)
 
         return jax.vmap(per_feature)(x, jax.random.split(key_s, x.shape[0]))
 
@@ -182,7 +182,7 @@ def to_datatree(rp: RolePrior) -> Any:
     """An ArviZ DataTree with ``prior`` (hyperparameters) and ``prior_predictive`` groups."""
     import arviz as az
 
-    from priorguard.models.gp import site_var
+    from priorguard.models.gp.exact import site_var
 
     prior = {site_var(k): v[None] for k, v in rp.hyper.items()}
     dims = {}

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from priorguard._checks import fail_if
+from priorguard._compile import fail_if
 from priorguard.envs.base import Dynamics
 
 __all__ = ["EnvModel"]

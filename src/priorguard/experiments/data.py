@@ -14,7 +14,7 @@ import gymnasium
 import jax
 import numpy as np
 
-from priorguard._shapes import shape_bucket
+from priorguard._compile import shape_bucket
 from priorguard.envs import reference_policies
 
 

@@ -27,7 +27,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from priorguard._checks import checked_jit
+from priorguard._compile import checked_jit
 from priorguard.planners import conformal
 from priorguard.planners.cem import plan_cem
 from priorguard.planners.mcts import plan_mcts

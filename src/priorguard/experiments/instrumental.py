@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from priorguard._shapes import shape_bucket
+from priorguard._compile import shape_bucket
 from priorguard.analysis.diagnostics import interval_coverage
 from priorguard.envs import jax_model
 from priorguard.experiments.context import Progress, RunContext

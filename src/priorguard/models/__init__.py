@@ -1,7 +1,7 @@
 """T, I and W as Bayesian models behind one :class:`Posterior` contract.
 
-GPs go through one gpjax adapter (:mod:`priorguard.models._gpjax`); BNNs are
-numpyro models. Both are fitted from a spec section (``fit_gp``, ``fit_bnn``,
+GPs are plain JAX (:mod:`priorguard.models.gp`, with a GPJax twin for the tests);
+BNNs are numpyro models. Both are fitted from a spec section (``fit_gp``, ``fit_bnn``,
 or ``fit_role`` for any role) or from objects directly.
 """
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from priorguard._checks import checked_jit, fail_if
+from priorguard._compile import checked_jit, fail_if
 from priorguard.planners.base import world_std
 from priorguard.planners.worlds import PlanningModels
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from priorguard._shapes import shape_bucket
+from priorguard._compile import shape_bucket
 from priorguard.planners.worlds import PlanningModels, action_stats
 
 __all__ = ["ConformalThreshold", "calibration_scores", "conformal_threshold"]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from priorguard._checks import fail_if
+from priorguard._compile import fail_if
 from priorguard.models.base import FunctionDraws
 from priorguard.planners.base import ActionStats
 
@@ -349,6 +349,6 @@ def check_fallback_action(models: PlanningModels, fallback_action: Any) -> None:
 
 
 def checked_stats(stats: ActionStats) -> ActionStats:
-    """Fails loudly inside jit (:func:`priorguard._checks.fail_if`) when a predicted value is not finite."""
+    """Fails loudly inside jit (:func:`priorguard._compile.fail_if`) when a predicted value is not finite."""
     bad = ~(jnp.all(jnp.isfinite(stats.world_values)) & jnp.all(jnp.isfinite(stats.current_value)))
     return fail_if(stats, bad, "planner: non-finite predicted value (check the W, T and I draws at these states)")

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from priorguard.models import _numpyro_util as nu
+from priorguard._compile import cached_program
+from priorguard.models.evidence import make_laplace
+from priorguard.models.inference import ModeProgram, NutsProgram, SviProgram, make_constrain, warn_on_diagnostics
 from priorguard.models.base import Data
 from priorguard.models.bnn.network import (
     MLPApply,
@@ -79,33 +81,33 @@ class _Programs:
             self._cache[key] = build()
         return self._cache[key]
 
-    def nuts(self, inf: NutsInference) -> nu.NutsProgram:
+    def nuts(self, inf: NutsInference) -> NutsProgram:
         key = ("nuts", inf.warmup, inf.samples, inf.chains, inf.target_accept, inf.max_tree_depth)
-        return self._get(key, lambda: nu.NutsProgram(
+        return self._get(key, lambda: NutsProgram(
             self.model, warmup=inf.warmup, samples=inf.samples, chains=inf.chains,
             target_accept=inf.target_accept, max_tree_depth=inf.max_tree_depth, name=self.name + "/nuts"))
 
-    def svi(self, inf: SviInference) -> nu.SviProgram:
+    def svi(self, inf: SviInference) -> SviProgram:
         key = ("svi", inf.guide, inf.learning_rate, inf.steps, inf.samples)
-        return self._get(key, lambda: nu.SviProgram(
+        return self._get(key, lambda: SviProgram(
             self.model, guide=inf.guide, learning_rate=inf.learning_rate, steps=inf.steps,
             samples=inf.samples, particles=_ELBO_PARTICLES, name=self.name + "/svi"))
 
-    def mode(self, optimizer: str, steps: int, learning_rate: float) -> nu.ModeProgram:
+    def mode(self, optimizer: str, steps: int, learning_rate: float) -> ModeProgram:
         key = ("mode", optimizer, steps, learning_rate)
-        return self._get(key, lambda: nu.ModeProgram(
+        return self._get(key, lambda: ModeProgram(
             self.model, optimizer=optimizer, steps=steps, learning_rate=learning_rate,
             name=self.name + "/mode"))
 
     def constrain(self) -> Any:
-        return self._get("constrain", lambda: nu.make_constrain(self.model, self.name))
+        return self._get("constrain", lambda: make_constrain(self.model, self.name))
 
     def laplace(self) -> Any:
-        return self._get("laplace", lambda: nu.make_laplace(self.model, self.name))
+        return self._get("laplace", lambda: make_laplace(self.model, self.name, eigen_floor=1e-8))
 
 
 def _programs(cfg: _NetConfig) -> _Programs:
-    return nu.cached_program(("bnn", cfg), lambda: _Programs(cfg))
+    return cached_program(("bnn", cfg), lambda: _Programs(cfg))
 
 
 # --- the fit at one depth -------------------------------------------------------
@@ -158,7 +160,7 @@ def _fit_depth(spec: BNNModel, cfg: _NetConfig, xs: Array, ys: Array, scaling: _
         samples = out["samples"]
         stats = {k: np.asarray(v) for k, v in out["stats"].items()}
         stats["step_size"] = np.asarray(out["step_size"])
-        diagnostics.update(nu.warn_on_diagnostics(
+        diagnostics.update(warn_on_diagnostics(
             _posterior_of(samples, cfg), stats["diverging"], stacklevel=4))
         if want_evidence:
             z, u = progs.mode("lbfgs", _NUTS_LAPLACE_STEPS, 1.0).from_points(out["best_z"], xs, ys)

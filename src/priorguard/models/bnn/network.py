@@ -26,7 +26,7 @@ import numpyro.distributions as dist
 from jaxtyping import Array, Float
 from numpyro.infer.reparam import LocScaleReparam
 
-from priorguard.models import _numpyro_util as nu
+from priorguard._compile import count_trace
 from priorguard.models.base import Data
 from priorguard.priors.distributions import Prior
 from priorguard.priors.kernels import default_prior
@@ -232,7 +232,7 @@ class _Scaling:
 @jax.jit
 def _fold_scaling(net: dict[str, Array], scaling: _Scaling) -> dict[str, Array]:
     """Standardised-space parameters ``[S, ...]`` -> original units (see :class:`MLPApply`)."""
-    nu.count_trace("bnn/fold")
+    count_trace("bnn/fold")
     out = dict(net)
     last = max(int(k[5:].split("/")[0]) for k in net if k.startswith("layer"))
     w0, b0 = out["layer0/w"], out["layer0/b"]

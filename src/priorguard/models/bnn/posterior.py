@@ -17,7 +17,7 @@ import numpy as np
 import numpyro.distributions as dist
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from priorguard.models import _numpyro_util as nu
+from priorguard._compile import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.bnn.network import DepthMixtureApply, MLPApply, _net_config, _Scaling, _site_dims
 from priorguard.models.datatree import (
@@ -97,7 +97,7 @@ def _pick_mixture_draws(key: PRNGKeyArray, n: int, depth_probs: Array,
 
 @partial(jax.jit, static_argnums=0)
 def _moments(apply: Any, params: Any, x: Array) -> tuple[Array, Array, Array]:
-    nu.count_trace("bnn/moments")
+    count_trace("bnn/moments")
     f = jax.vmap(apply, in_axes=(0, None))(params, x)  # [S, N, O]
     alea = jnp.mean(params["noise"] ** 2, axis=0)  # [O]
     return f.mean(0), f.var(0), jnp.broadcast_to(alea, f.shape[1:])
@@ -106,7 +106,7 @@ def _moments(apply: Any, params: Any, x: Array) -> tuple[Array, Array, Array]:
 @partial(jax.jit, static_argnums=0)
 def _pointwise_loglik(apply: Any, params: Any, x: Array, y: Array) -> Array:
     """``[S, N]``: log N(y_n | f_s(x_n), noise_s), summed over outputs."""
-    nu.count_trace("bnn/loglik")
+    count_trace("bnn/loglik")
     f = jax.vmap(apply, in_axes=(0, None))(params, x)
     ll = dist.Normal(f, params["noise"][:, None, :]).log_prob(y[None])
     return ll.sum(-1)
@@ -114,7 +114,7 @@ def _pointwise_loglik(apply: Any, params: Any, x: Array, y: Array) -> Array:
 
 @partial(jax.jit, static_argnums=0)
 def _log_predictive(apply: Any, params: Any, x: Array, y: Array) -> Array:
-    nu.count_trace("bnn/lpd")
+    count_trace("bnn/lpd")
     ll = _pointwise_loglik(apply, params, x, y)
     return jax.scipy.special.logsumexp(ll, axis=0) - math.log(ll.shape[0])
 

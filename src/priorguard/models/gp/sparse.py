@@ -39,29 +39,19 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from priorguard.models import _gpjax as backend
-from priorguard.models._gpjax import GPProgram
-from priorguard.models._numpyro_util import cached_program, count_trace
+from priorguard._compile import cached_program, count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
-from priorguard.models.gp import (
-    ExactDrawFn,
-    basis_params,
-    FitRecord,
-    fit_map,
-    map_objective,
-    Prepared,
-    _as_kernel,
-    gp_model,
-    initial_unconstrained,
-    mixture_log_density,
-    observation_groups,
-    posterior_dataset,
-    prepare_data,
-    theta_from_sites,
-)
+from priorguard.models.gp.data import Prepared, as_kernel_spec, prepare_data
+from priorguard.models.gp.draws import ExactDrawFn, basis_params
+from priorguard.models.gp.exact import observation_groups, posterior_dataset
+from priorguard.models.gp.kernels import GPProgram, compile_program
+from priorguard.models.gp.linalg import GPNumericalError, map_unbatched
+from priorguard.models.gp.objective import fit_map, gp_model, initial_unconstrained, map_objective, theta_from_sites
+from priorguard.models.gp.state import FitRecord, mixture_log_density
 from priorguard.priors.models import NOISE_FLOOR, MapInference, SparseSpec
 
 __all__ = ["SparseGPPosterior", "fit_sparse_gp"]
+
 
 #: Jitter on the inducing covariance, relative to its mean diagonal.
 INDUCING_JITTER = 1e-6
@@ -74,27 +64,27 @@ SUBSET_INIT = 256
 
 
 def _kzz_chol(program: GPProgram, theta: Mapping[str, Array], z: Array) -> Array:
-    kzz = backend.gram(program.kernel, theta, z, z, same=False)
+    kzz = program.kernel.gram(theta, z, z, same=False)
     jitter = INDUCING_JITTER * jnp.mean(jnp.diagonal(kzz))
     return jnp.linalg.cholesky(kzz + jitter * jnp.eye(z.shape[0], dtype=z.dtype))
 
 
 def _noise_var(program: GPProgram, theta: Mapping[str, Array], x: Array) -> Array:
     var = theta[program.noise.site] ** 2 * jnp.ones(x.shape[0], dtype=x.dtype)
-    if backend.has_white(program.kernel):
-        var = var + backend.gram_diag(program.kernel, theta, x, white=True) - backend.gram_diag(
-            program.kernel, theta, x, white=False)
+    if program.kernel.has_white():
+        var = var + program.kernel.gram_diag(theta, x, white=True) - program.kernel.gram_diag(
+            theta, x, white=False)
     return var
 
 
 def _marginals(program: GPProgram, theta: Mapping[str, Array], z: Array, chol_z: Array, q_mu: Array,
                q_sqrt: Array, x: Array) -> tuple[Array, Array]:
     """Latent mean and variance ``[B]`` under a whitened ``q = N(q_mu, q_sqrt q_sqrt^T)``."""
-    kzx = backend.gram(program.kernel, theta, z, x, same=False)
+    kzx = program.kernel.gram(theta, z, x, same=False)
     a = jax.scipy.linalg.solve_triangular(chol_z, kzx, lower=True)  # [M, B]
-    mean = a.T @ q_mu + backend.mean_value(program, theta)
+    mean = a.T @ q_mu + program.mean_value(theta)
     sa = q_sqrt.T @ a
-    var = backend.gram_diag(program.kernel, theta, x, white=False) - jnp.sum(a * a, 0) + jnp.sum(sa * sa, 0)
+    var = program.kernel.gram_diag(theta, x, white=False) - jnp.sum(a * a, 0) + jnp.sum(sa * sa, 0)
     return mean, jnp.maximum(var, 1e-12)
 
 
@@ -128,14 +118,14 @@ class SvgpTrainer:
             z = params["z"]
             chol_z = _kzz_chol(program, theta, z)
             xb, yb = x[idx], y[idx]
-            kzx = backend.gram(program.kernel, theta, z, xb, same=False)
+            kzx = program.kernel.gram(theta, z, xb, same=False)
             a = jax.scipy.linalg.solve_triangular(chol_z, kzx, lower=True)  # [M, B]
             chol_lam = jnp.linalg.cholesky(jax.lax.stop_gradient(lam))
             q_mu = jax.scipy.linalg.cho_solve((chol_lam, True), jax.lax.stop_gradient(h))
-            mu0 = backend.mean_value(program, theta)
+            mu0 = program.mean_value(theta)
             mean = a.T @ q_mu + mu0
             sa = jax.scipy.linalg.solve_triangular(chol_lam, a, lower=True)  # S = Lambda^-1
-            var = backend.gram_diag(program.kernel, theta, xb, white=False) - jnp.sum(a * a, 0) + jnp.sum(sa * sa, 0)
+            var = program.kernel.gram_diag(theta, xb, white=False) - jnp.sum(a * a, 0) + jnp.sum(sa * sa, 0)
             nv = _noise_var(program, theta, xb)
             ell = -0.5 * jnp.sum(jnp.log(2 * jnp.pi * nv) + ((yb - mean) ** 2 + jnp.maximum(var, 0.0)) / nv)
             scale = x.shape[0] / idx.shape[0]
@@ -145,7 +135,7 @@ class SvgpTrainer:
             return -scale * ell + prior_term, (lam_t, h_t)
 
         def total(params: Mapping[str, Any], lam: Array, h: Array, x: Array, y: Array, idx: Array) -> Any:
-            loss, aux = backend.map_unbatched(lambda p, lm, hh, yy: loss_one(p, lm, hh, x, yy, idx),
+            loss, aux = map_unbatched(lambda p, lm, hh, yy: loss_one(p, lm, hh, x, yy, idx),
                                               params, lam, h, y.T)
             return jnp.sum(loss), aux
 
@@ -191,17 +181,17 @@ def _optimal_q_one(program: GPProgram, theta: Mapping[str, Array], z: Array, x: 
     """
     chol_z = _kzz_chol(program, theta, z)
     m = z.shape[0]
-    mu0 = backend.mean_value(program, theta)
+    mu0 = program.mean_value(theta)
 
     def chunk(carry: tuple[Array, ...], args: tuple[Array, Array, Array]) -> tuple[tuple[Array, ...], None]:
         lam, b, s_yy, s_logd, s_tr, count = carry
         xc, yc, mc = args
-        a = jax.scipy.linalg.solve_triangular(chol_z, backend.gram(program.kernel, theta, z, xc, same=False),
+        a = jax.scipy.linalg.solve_triangular(chol_z, program.kernel.gram(theta, z, xc, same=False),
                                               lower=True)
         d = _noise_var(program, theta, xc)
         w = mc / d
         r = yc - mu0
-        resid_var = backend.gram_diag(program.kernel, theta, xc, white=False) - jnp.sum(a * a, 0)
+        resid_var = program.kernel.gram_diag(theta, xc, white=False) - jnp.sum(a * a, 0)
         return (lam + (a * w) @ a.T, b + a @ (w * r), s_yy + jnp.sum(w * r * r),
                 s_logd + jnp.sum(mc * jnp.log(d)), s_tr + jnp.sum(w * resid_var), count + jnp.sum(mc)), None
 
@@ -233,7 +223,7 @@ def _optimal_q(program: GPProgram) -> Any:
     def build() -> Any:
         def run(theta: Any, z: Array, x: Array, y: Array, mask: Array) -> Any:
             count_trace("gp/svgp_optimal_q")
-            return backend.map_unbatched(lambda th, zz, yy: _optimal_q_one(program, th, zz, x, yy, mask),
+            return map_unbatched(lambda th, zz, yy: _optimal_q_one(program, th, zz, x, yy, mask),
                                          theta, z, jnp.moveaxis(y, 2, 0))
 
         return jax.jit(run)
@@ -284,7 +274,7 @@ def _sparse_moments(state: SparseGPState, x: Array) -> tuple[Array, Array, Array
         mean, var = _marginals(program, theta, z, chol_z, q_mu, q_sqrt, xs)
         return mean, var, _noise_var(program, theta, xs)
 
-    out = backend.map_unbatched(one, state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt)
+    out = map_unbatched(one, state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt)
     mean, var, noise = (a.T for a in out)
     return mean * state.y_scale + state.y_mean, var * state.y_scale**2, noise * state.y_scale**2
 
@@ -293,22 +283,22 @@ def _sparse_moments(state: SparseGPState, x: Array) -> tuple[Array, Array, Array
 def _sparse_draw_params(state: SparseGPState, key: PRNGKeyArray, n: int, per_block: int) -> dict[str, Any]:
     count_trace("gp/svgp_draws")
     kernel = state.program.kernel
-    feats = backend.num_features(kernel, per_block)
+    feats = kernel.num_features(per_block)
     keys = jax.random.split(key, (n, state.z.shape[0]))
 
     def prior_part(theta: Any, z: Array, chol_z: Array, q_mu: Array, q_sqrt: Array, k: PRNGKeyArray) -> dict[str, Any]:
         kf, kw, ku = jax.random.split(k, 3)
-        fparams = backend.sample_features(kernel, theta, kf, per_block)
+        fparams = kernel.sample_features(theta, kf, per_block)
         w = jax.random.normal(kw, (feats,), dtype=z.dtype)
-        f_z = backend.eval_features(kernel, theta, fparams, z, per_block) @ w
+        f_z = kernel.eval_features(theta, fparams, z, per_block) @ w
         u = chol_z @ (q_mu + q_sqrt @ jax.random.normal(ku, q_mu.shape, dtype=z.dtype))
-        resid = u - backend.mean_value(state.program, theta) - f_z
+        resid = u - state.program.mean_value(theta) - f_z
         return {"theta": theta, "features": fparams, "w": w, "resid": resid}
 
     parts = jax.vmap(lambda k: jax.vmap(prior_part)(state.theta, state.z, state.chol_z, state.q_mu, state.q_sqrt,
                                                     k))(keys)
     resid = parts.pop("resid")  # [n, O, M]
-    v = backend.map_unbatched(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r.T).T, state.chol_z,
+    v = map_unbatched(lambda c, r: jax.scipy.linalg.cho_solve((c, True), r.T).T, state.chol_z,
                               jnp.swapaxes(resid, 0, 1))
     parts["v"] = jnp.swapaxes(v, 0, 1)
     return parts
@@ -411,7 +401,7 @@ def fit_sparse_gp(
         key: consumed (inducing-point choice, starting point, minibatches).
         sparse: inducing points ``M``, batch size ``B``, Adam ``steps`` and learning rate.
         noise, mean, feature_names, features, feature_ranges, standardize,
-            site_prefix, output_names, prior_mean, noise_floor: as in :func:`~priorguard.models.gp.fit_exact_gp`.
+            site_prefix, output_names, prior_mean, noise_floor: as in :func:`~priorguard.models.gp.exact.fit_exact_gp`.
         init: where hyperparameters start: ``"subset"`` (the MAP of an exact GP
             on :data:`SUBSET_INIT` random points, 60 L-BFGS steps) or
             ``"prior"`` (the prior median).
@@ -422,7 +412,7 @@ def fit_sparse_gp(
     sparse = sparse if sparse is not None else SparseSpec()
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
                         standardize=standardize, output_names=output_names, prior_mean=prior_mean)
-    program = backend.compile_program(_as_kernel(kernel), noise=noise, mean=mean,
+    program = compile_program(as_kernel_spec(kernel), noise=noise, mean=mean,
                                       feature_names=prep.feature_names, site_prefix=site_prefix,
                                       noise_floor=noise_floor)
     o, n = prep.num_outputs, prep.n
@@ -445,7 +435,7 @@ def fit_sparse_gp(
     chol_z, q_mu, q_sqrt, elbo = _optimal_q(program)(theta, params["z"], jnp.asarray(xc), jnp.asarray(yc),
                                                     jnp.asarray(mask))
     if not (bool(jnp.all(jnp.isfinite(chol_z))) and bool(jnp.all(jnp.isfinite(q_mu)))):
-        raise backend.GPNumericalError(
+        raise GPNumericalError(
             f"the inducing covariance of {program.describe()} did not factorise (hyperparameters"
             f" {({k: np.asarray(v).round(6).tolist() for k, v in theta.items()})})")
     state = SparseGPState(

@@ -13,9 +13,10 @@ Evidence (the spec's ``evidence`` field):
   the MAP ``u*`` in unconstrained space, ``H`` the Hessian of the negative log
   joint there (log-det-Jacobian included, so it integrates over the
   coordinates it is Gaussian in), by central differences of the analytic
-  gradient (``2P`` calls of the compiled objective, no new compilation).
-  Eigenvalues of ``H`` below ``1e-6`` (flat directions, a mode on the box
-  edge) are raised to it and counted.
+  gradient (``2P`` calls of the compiled objective, no new compilation;
+  :func:`priorguard.models.evidence.laplace_log_evidence`).
+  Eigenvalues of ``H`` below :data:`EIGEN_FLOOR` = ``1e-6`` (flat directions, a
+  mode on the box edge) are raised to it and counted.
 * ``bic``: ``log p(y | theta*) - k/2 log N`` with ``k`` free hyperparameters.
 
 Both are per output and summed (outputs are independent GPs), on the
@@ -38,27 +39,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from priorguard.models import _gpjax as backend
-from priorguard.models._numpyro_util import count_trace
+from priorguard._compile import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
-from priorguard.models.gp import (
-    GPPosterior,
-    MapObjective,
-    Prepared,
-    _exact_components,
-    exact_datatree,
-    fit_map,
-    map_objective,
-    mixture_log_density,
-    mixture_moments,
-    posterior_from_map,
-    prepare_data,
-)
+from priorguard.models.evidence import bic, laplace_log_evidence
+from priorguard.models.gp.data import Prepared, prepare_data
+from priorguard.models.gp.exact import GPPosterior, exact_datatree, posterior_from_map
+from priorguard.models.gp.kernels import compile_program
+from priorguard.models.gp.objective import MapObjective, fit_map, map_objective
+from priorguard.models.gp.state import exact_components, mixture_log_density, mixture_moments
 from priorguard.priors.kernels import StructureSearch
 from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference, SparseSpec
 from priorguard.priors.structure import KernelStructure, structure_prior
 
 __all__ = ["StructureFit", "StructurePosterior", "fit_structure_search", "log_evidence"]
+
 
 #: Eigenvalue floor of the Laplace Hessian.
 EIGEN_FLOOR = 1e-6
@@ -99,36 +93,20 @@ class StructureFit:
 def _laplace(program: Any, prep: Prepared, u_flat: np.ndarray) -> tuple[float, int]:
     objective: MapObjective = map_objective(program, prep.num_outputs, use_prior=True)
     x, y = jnp.asarray(prep.x), jnp.asarray(prep.y)
-    value, _ = objective.value_and_grad(jnp.asarray(u_flat), x, y)
-    p = u_flat.shape[0]
-    if p == 0:
-        return -float(value), 0
-    # Hessian by central differences of the analytic gradient: 2P gradient calls of
-    # the already compiled objective (a jax.hessian would compile a new program).
-    h = np.empty((p, p))
-    for j in range(p):
-        e = np.zeros(p)
-        e[j] = FD_STEP
-        g_plus = np.asarray(objective.value_and_grad(jnp.asarray(u_flat + e), x, y)[1])
-        g_minus = np.asarray(objective.value_and_grad(jnp.asarray(u_flat - e), x, y)[1])
-        h[:, j] = (g_plus - g_minus) / (2 * FD_STEP)
-    h = 0.5 * (h + h.T)
-    eig = np.linalg.eigvalsh(h) if np.all(np.isfinite(h)) else np.full(p, EIGEN_FLOOR)
-    floored = int(np.sum(eig < EIGEN_FLOOR))
-    logdet = float(np.sum(np.log(np.maximum(eig, EIGEN_FLOOR))))
-    return -float(value) + 0.5 * p * math.log(2 * math.pi) - 0.5 * logdet, floored
+    return laplace_log_evidence(lambda u: objective.value_and_grad(jnp.asarray(u), x, y), u_flat,
+                                eigen_floor=EIGEN_FLOOR, step=FD_STEP)
 
 
 def _bic(program: Any, prep: Prepared, posterior: GPPosterior) -> float:
     st = posterior.state  # log p(y | theta*) from the factor the posterior already holds
     chol, alpha = np.asarray(st.chol[0]), np.asarray(st.alpha[0])  # [O, N, N], [O, N]
     mean = np.asarray(jnp.broadcast_to(
-        backend.mean_value(program, {k: v[0] for k, v in st.theta.items()}), (prep.num_outputs,)))
+        program.mean_value({k: v[0] for k, v in st.theta.items()}), (prep.num_outputs,)))
     resid = prep.y.T - mean[:, None]
     logdet = 2 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)))
     mll = -0.5 * np.sum(resid * alpha) - 0.5 * logdet - 0.5 * prep.n * prep.num_outputs * math.log(2 * math.pi)
     k = sum(int(np.prod(h.shape)) for h in program.free_hypers)
-    return float(mll) - 0.5 * k * prep.num_outputs * math.log(prep.n)
+    return bic(mll, k * prep.num_outputs, prep.n)
 
 
 def log_evidence(program: Any, prep: Prepared, u_flat: np.ndarray, method: str,
@@ -151,7 +129,7 @@ def _stack_components(states: tuple[Any, ...], weights: Array, x: Array) -> tupl
     count_trace("gp/structure_predict")
     means, variances, noises, ws = [], [], [], []
     for st, w in zip(states, weights):
-        m, v, a = _exact_components(st, x)
+        m, v, a = exact_components(st, x)
         means.append(m)
         variances.append(v)
         noises.append(a)
@@ -281,7 +259,7 @@ def fit_structure_search(
         data: ``x [N, D]``, ``y [N, O]`` (raw units).
         key: consumed (one subkey per structure).
         noise, mean, feature_names, features, feature_ranges, standardize,
-            site_prefix, output_names, prior_mean, noise_floor: as in :func:`~priorguard.models.gp.fit_exact_gp`.
+            site_prefix, output_names, prior_mean, noise_floor: as in :func:`~priorguard.models.gp.exact.fit_exact_gp`.
         inference: MAP settings per structure (NUTS is not supported here).
         sparse: must be None (exact GPs only).
         min_mass: posterior mass a structure needs to enter the model average.
@@ -301,7 +279,7 @@ def fit_structure_search(
     keys = jax.random.split(key, len(candidates))
     rows = []
     for (structure, prob), k in zip(candidates, keys):
-        program = backend.compile_program(structure.to_kernel(ard=search.ard), noise=noise, mean=mean,
+        program = compile_program(structure.to_kernel(ard=search.ard), noise=noise, mean=mean,
                                           feature_names=prep.feature_names, site_prefix=site_prefix,
                                           noise_floor=noise_floor)
         result = fit_map(program, prep, inference, key=k)

@@ -2,10 +2,11 @@
 
 ``MCMC.run`` and ``svi.run`` build fresh closures, so every call compiles
 again. The programs here are built once per *model structure* (the caller keys
-them, see :func:`cached_program`) and take the data as traced arguments, so a
-later fit whose arrays have the same shapes and dtypes hits JAX's jit cache and
-compiles nothing. Every traced body calls :func:`count_trace`; tests read
-:data:`TRACE_COUNTS` to prove a second fit traced nothing.
+them, see :func:`priorguard._compile.cached_program`) and take the data as
+traced arguments, so a later fit whose arrays have the same shapes and dtypes
+hits JAX's jit cache and compiles nothing. Every traced body calls
+:func:`priorguard._compile.count_trace`; tests read
+:data:`priorguard._compile.TRACE_COUNTS` to prove a second fit traced nothing.
 
 Programs (the model is ``model(x, y)`` with ``y [N, O]`` observed):
     :class:`NutsProgram`: NUTS exactly as numpyro's ``MCMC(NUTS(model))`` runs it
@@ -16,7 +17,9 @@ Programs (the model is ``model(x, y)`` with ``y [N, O]`` observed):
         ``AutoLowRankMultivariateNormal`` and Adam, stepped in a ``lax.scan``.
     :class:`ModeProgram`: posterior modes in unconstrained space (L-BFGS or
         Adam), vmapped over starting points (MAP restarts, ensemble members).
-    :func:`make_laplace`: Laplace approximation of the evidence at a mode.
+
+The Laplace approximation of the evidence at a mode is in
+:mod:`priorguard.models.evidence`.
 
 Parallel chains need ``numpyro.set_host_device_count(n)`` (or ``XLA_FLAGS=
 --xla_force_host_platform_device_count=n``) *before JAX starts*; the priorguard
@@ -25,11 +28,8 @@ CLI does it at start-up. Without it chains run one after another.
 
 from __future__ import annotations
 
-import collections
-import math
-import threading
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,53 +39,25 @@ import numpyro
 import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
-from numpyro.handlers import block, seed, substitute, trace
+from numpyro.handlers import seed, trace
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDiagonalNormal, AutoLowRankMultivariateNormal
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 
+from priorguard._compile import count_trace
+
 __all__ = [
-    "TRACE_COUNTS",
-    "count_trace",
-    "cached_program",
-    "NutsProgram",
-    "SviProgram",
     "ModeProgram",
-    "make_constrain",
-    "make_laplace",
+    "NutsProgram",
     "SamplingWarning",
+    "SviProgram",
+    "make_constrain",
+    "uniform_unconstrained",
     "warn_on_diagnostics",
 ]
 
-#: Program name -> number of times JAX traced it (a Python side effect, so it
-#: only moves when something is traced, i.e. compiled).
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
-_CACHE: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
-_CACHE_SIZE = 64
-_CACHE_LOCK = threading.Lock()
-
 Model = Callable[..., Any]
-
-
-def count_trace(name: str) -> None:
-    """Records that program ``name`` is being traced (call inside traced code)."""
-    TRACE_COUNTS[name] += 1
-
-
-def cached_program(key: Hashable, build: Callable[[], Any]) -> Any:
-    """The program for ``key``, built by ``build()`` on first use (LRU, 64 entries)."""
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    program = build()
-    with _CACHE_LOCK:
-        _CACHE[key] = program
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return program
 
 
 def uniform_unconstrained(model: Model, key: jax.Array, num: int, *args: Any,
@@ -258,7 +230,7 @@ class SviProgram:
         return self._run(key, x, y, want_elbo)
 
 
-# --- modes and Laplace ----------------------------------------------------------
+# --- modes ----------------------------------------------------------------------
 
 
 class ModeProgram:
@@ -334,83 +306,6 @@ def make_constrain(model: Model, name: str) -> Callable[..., dict[str, jax.Array
         out = constrain_fn(model, (x, y), {}, z, return_deterministic=True, batch_ndims=1)
         names = _latent_names(model, x, y)
         return {k: v for k, v in out.items() if k in names}
-
-    return jax.jit(run)
-
-
-def make_laplace(model: Model, name: str, *, hessian: str = "ggn", eigen_floor: float = 1e-8
-                 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """A jitted Laplace approximation of log p(y) at an unconstrained mode ``z``.
-
-    ``log Z ≈ -U(z) + P/2 log 2π - 1/2 log det H`` with ``U`` the potential
-    (log-Jacobian included, so the integral is over the unconstrained
-    coordinates, where the identity holds for any reparameterisation) and ``H``
-    its curvature at ``z``:
-
-    * ``hessian="ggn"`` (default): generalised Gauss-Newton for the likelihood
-      plus the exact Hessian of the prior part, as in MacKay (1992) and Immer
-      et al. (2021). Every observed site must be (an independent) Normal; its
-      Fisher information in ``(loc, log scale)`` is ``diag(1/scale^2, 2)``.
-      Positive semi-definite wherever the prior part is convex, so no spurious
-      volume from non-convex directions of a network's likelihood.
-    * ``hessian="exact"``: ``jax.hessian(U)``.
-
-    Eigenvalues of ``H`` below ``eigen_floor`` are raised to it.
-
-    The returned function maps ``(z, x, y)`` to ``(log_evidence,
-    number_of_floored_eigenvalues)``; ``x`` and ``y`` are the model's arguments
-    (for ``"ggn"`` the prior part is the model with its observed sites blocked).
-    """
-    if hessian not in ("ggn", "exact"):
-        raise ValueError(f"hessian must be 'ggn' or 'exact', got {hessian!r}")
-
-    def observed_normal(z: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        params = constrain_fn(model, (x, y), {}, z)
-        tr = trace(substitute(seed(model, rng_seed=0), data=params)).get_trace(x, y)
-        locs, log_scales = [], []
-        for site_name, site in tr.items():
-            if site["type"] != "sample" or not site["is_observed"]:
-                continue
-            fn = site["fn"]
-            while hasattr(fn, "base_dist"):
-                fn = fn.base_dist
-            if not isinstance(fn, numpyro.distributions.Normal):
-                raise TypeError(f"hessian='ggn' needs Normal observations; {site_name!r} is {type(fn).__name__}")
-            shape = jnp.shape(site["value"])
-            locs.append(jnp.broadcast_to(fn.loc, shape).reshape(-1))
-            log_scales.append(jnp.log(jnp.broadcast_to(fn.scale, shape)).reshape(-1))
-        return jnp.concatenate(locs), jnp.concatenate(log_scales)
-
-    def run(z: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        count_trace(name + "/laplace")
-        flat, unravel = ravel_pytree(z)
-
-        def u(f: jax.Array) -> jax.Array:
-            return potential_energy(model, (x, y), {}, unravel(f))
-
-        if hessian == "exact":
-            h = jax.hessian(u)(flat)
-        else:
-            prior_part = block(model, hide_fn=lambda msg: bool(msg.get("is_observed", False)))
-
-            def u_prior(f: jax.Array) -> jax.Array:
-                return potential_energy(prior_part, (x, y), {}, unravel(f))
-
-            def outputs(f: jax.Array) -> jax.Array:
-                loc, log_scale = observed_normal(unravel(f), x, y)
-                return jnp.concatenate([loc, log_scale])
-
-            m = jax.eval_shape(outputs, flat).shape[0]
-            jac = (jax.jacrev if m <= flat.shape[0] else jax.jacfwd)(outputs)(flat)  # [2M, P]
-            loc, log_scale = observed_normal(unravel(flat), x, y)
-            fisher = jnp.concatenate([jnp.exp(-2.0 * log_scale), jnp.full_like(log_scale, 2.0)])
-            h = jac.T @ (fisher[:, None] * jac) + jax.hessian(u_prior)(flat)
-        h = 0.5 * (h + h.T)
-        eig = jnp.linalg.eigvalsh(h)
-        logdet = jnp.sum(jnp.log(jnp.maximum(eig, eigen_floor)))
-        p = flat.shape[0]
-        log_z = -u(flat) + 0.5 * p * math.log(2.0 * math.pi) - 0.5 * logdet
-        return log_z, jnp.sum(eig < eigen_floor)
 
     return jax.jit(run)
 

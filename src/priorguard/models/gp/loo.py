@@ -1,0 +1,154 @@
+"""Cross-validation of an exact GP: leave-one-out and leave-one-state-out densities.
+
+Shapes: S (or K) hyperparameter samples, O outputs, N training points, U unique inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from priorguard._compile import cached_program, count_trace
+from priorguard.models.gp.data import GroupedTargets, group_repeated_inputs
+from priorguard.models.gp.kernels import GPProgram
+from priorguard.models.gp.linalg import cholesky_with_jitter, map_unbatched
+from priorguard.models.gp.objective import grouped_system
+from priorguard.models.gp.state import ExactGPState, flat_draws
+
+__all__ = ["exact_loo", "leave_one_state_out", "loo_from_theta"]
+
+
+def _exact_loo_one(chol: Array, alpha: Array) -> tuple[Array, Array]:
+    n = chol.shape[-1]
+    linv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(n, dtype=chol.dtype), lower=True)
+    kinv_diag = jnp.sum(linv * linv, axis=0)
+    return alpha / kinv_diag, 1.0 / kinv_diag  # residual y_i - mu_-i, and its variance
+
+
+def _loo_log_density(resid: Array, var: Array, y_scale: Array) -> Array:
+    """``[..., O, N]`` residuals and variances (model units) -> ``[..., N]`` raw-unit log densities."""
+    ys = y_scale[:, None]
+    return jnp.sum(-0.5 * (jnp.log(2 * jnp.pi * var * ys**2) + resid**2 / var), axis=-2)
+
+
+@jax.jit
+def exact_loo(state: ExactGPState) -> Array:
+    """Exact leave-one-out ``log p(y_i | y_-i, theta_s)`` ``[S, N]`` from the stored factors (raw units)."""
+    count_trace("gp/loo")
+    s, o, n = state.alpha.shape
+    resid, var = map_unbatched(_exact_loo_one, state.chol.reshape(s * o, n, n), state.alpha.reshape(s * o, n))
+    return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), state.y_scale)
+
+
+def loo_from_theta(program: GPProgram) -> Any:
+    """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept)."""
+    program = program.anonymous()  # feature names do not change the computation
+
+    def build() -> Any:
+        def one(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array]:
+            k = program.training_covariance(theta, x)
+            chol, _ = cholesky_with_jitter(k)
+            alpha = jax.scipy.linalg.cho_solve((chol, True), y - program.mean_value(theta))
+            return _exact_loo_one(chol, alpha)
+
+        def run(theta: Mapping[str, Array], x: Array, y: Array, y_scale: Array) -> Array:
+            count_trace("gp/loo_samples")
+            flat, s, o = flat_draws(program, theta)
+            resid, var = map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
+            n = x.shape[0]
+            return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale)
+
+        return jax.jit(run)
+
+    return cached_program(("gp/loo_samples", program), build)
+
+
+
+def _loso_one(program: GPProgram, theta: Mapping[str, Array], xu: Array, y: GroupedTargets) -> tuple[Array, Array]:
+    """Leave-one-state-out log densities of one sample and output (model units), ``([U], [U])``.
+
+    The GP on the group averages (:func:`grouped_system`) gives, by the exact
+    LOO identities, the mean and variance of ``ybar_u`` given every other unique
+    input's targets. Returns the log density of ``ybar_u`` and that of all the
+    group's targets (the first plus the within-group term); 0 on padding rows.
+    """
+    k, centred, within, present = grouped_system(program, theta, xu, y)
+    chol, _ = cholesky_with_jitter(k)
+    resid, var = _exact_loo_one(chol, jax.scipy.linalg.cho_solve((chol, True), centred))
+    lp_mean = -0.5 * (jnp.log(2 * jnp.pi * var) + resid**2 / var)
+    return jnp.where(present, lp_mean, 0.0), jnp.where(present, lp_mean + within, 0.0)
+
+
+def _loso_from_theta(program: GPProgram) -> Any:
+    """Compiled ``(theta [K, O, ...], x_unique, counts, mean, scatter, y_scale) -> ([K, U], [K, U])``."""
+    program = program.anonymous()
+
+    def build() -> Any:
+        def run(theta: Mapping[str, Array], xu: Array, counts: Array, ybar: Array, scatter: Array,
+                y_scale: Array) -> tuple[Array, Array]:
+            count_trace("gp/loso")
+            flat, k, o = flat_draws(program, theta)
+            lp_mean, lp_group = map_unbatched(
+                lambda th, yb, sc: _loso_one(program, th, xu, GroupedTargets(counts, yb, sc)), flat,
+                jnp.tile(ybar.T, (k, 1)), jnp.tile(scatter.T, (k, 1)))
+            # ybar_u's density in raw units; the group's (importance weights only) stays in model
+            # units: the Jacobian is the same for every draw and cancels when the weights are normalised
+            lp_mean = lp_mean.reshape(k, o, -1) - jnp.log(y_scale)[None, :, None]
+            return jnp.sum(lp_mean, axis=1), jnp.sum(lp_group.reshape(k, o, -1), axis=1)
+
+        return jax.jit(run)
+
+    return cached_program(("gp/loso", program), build)
+
+
+def leave_one_state_out(state: ExactGPState, theta: Mapping[str, Array] | None = None) -> dict[str, Any] | None:
+    """Leave-one-state-out predictive densities of an exact GP: cross-validation across inputs.
+
+    Data gathered by acting in an environment visit the same states many times,
+    so leaving out one *observation* leaves its copies in, and per-observation
+    LOO measures little more than the fit. Leaving out every observation of one
+    unique input (a state, for T) asks how well the GP predicts a state it has
+    not seen from the others: ``log p(ybar_u | y_-u)``, the density of the
+    state's average target. It is exact given the hyperparameters (the GP on
+    group averages, :func:`log_likelihood`); with several hyperparameter draws
+    (NUTS) they are integrated by Pareto-smoothed importance sampling, with
+    weights ``1 / p(y_u | y_-u, theta)`` from the whole group's density.
+
+    Args:
+        state: the fitted GP.
+        theta: ``[K, O, ...]`` hyperparameter draws (default: ``state.theta``, equally weighted).
+
+    Returns:
+        ``{"elpd": sum over states, "pointwise": [U] (raw units, outputs summed),
+        "states": U, "pareto_k_max": (NUTS) the largest Pareto k}``, or None for
+        kernels with a white-noise term (their noise is per observation, not per input).
+    """
+    grouped = group_repeated_inputs(state.program, np.asarray(state.x), np.asarray(state.y), always=True)
+    if grouped is None:
+        return None
+    xu, g = grouped
+    theta = state.theta if theta is None else theta
+    lp_mean, lp_group = _loso_from_theta(state.program)(
+        dict(theta), jnp.asarray(xu), jnp.asarray(g.counts), jnp.asarray(g.mean), jnp.asarray(g.scatter),
+        state.y_scale)
+    present = np.asarray(g.counts) > 0
+    lp_mean, lp_group = np.asarray(lp_mean)[:, present], np.asarray(lp_group)[:, present]
+    out: dict[str, Any] = {"states": int(present.sum())}
+    if lp_mean.shape[0] == 1:
+        pointwise = lp_mean[0]
+    else:
+        from arviz_stats.base.array import array_stats
+        from scipy.special import logsumexp
+
+        log_w, khat = array_stats.psislw(-lp_group.T, axis=-1)  # [U, K]
+        log_w = log_w - logsumexp(log_w, axis=-1, keepdims=True)
+        pointwise = logsumexp(log_w + lp_mean.T, axis=-1)
+        out["pareto_k_max"] = float(np.max(khat))
+    out["pointwise"] = pointwise
+    out["elpd"] = float(np.sum(pointwise))
+    return out

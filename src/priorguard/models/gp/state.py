@@ -1,0 +1,176 @@
+"""A conditioned exact GP: factors, the fitted state, per-sample moments and their mixture.
+
+Conditioning is a Cholesky of ``K + noise^2 I`` with escalating jitter
+(``1e-8 ... 1e-2`` of the mean diagonal); the jitter used is reported as
+:attr:`priorguard.models.gp.exact.GPPosterior.jitter` and by a
+:class:`JitterWarning`; if even the largest fails,
+:class:`~priorguard.models.gp.linalg.GPNumericalError`.
+
+Shapes: S hyperparameter samples, O outputs, N training points, M query points.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from priorguard._compile import cached_program, count_trace
+from priorguard.models.base import Prediction
+from priorguard.models.gp.data import Prepared
+from priorguard.models.gp.kernels import GPProgram
+from priorguard.models.gp.linalg import JITTER_LEVELS, GPNumericalError, cholesky_with_jitter, map_unbatched
+
+__all__ = ["ExactGPState", "FitRecord", "JitterWarning", "condition", "mixture_log_density", "mixture_moments"]
+
+
+class JitterWarning(UserWarning):
+    """A covariance matrix needed jitter on its diagonal to factorise."""
+
+
+def _conditioner(program: GPProgram) -> Any:
+    program = program.anonymous()  # feature names do not change the computation
+
+    def build() -> Any:
+        def one(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array, Array]:
+            count_trace("gp/condition")
+            k = program.training_covariance(theta, x)
+            chol, jitter = cholesky_with_jitter(k)
+            alpha = jax.scipy.linalg.cho_solve((chol, True), y - program.mean_value(theta))
+            return chol, alpha, jitter
+
+        def run(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array, Array]:
+            flat, s, o = flat_draws(program, theta)
+            out = map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
+            return jax.tree_util.tree_map(lambda a: a.reshape(s, o, *a.shape[1:]), out)
+
+        return jax.jit(run)
+
+    return cached_program(("gp/condition", program), build)
+
+
+def condition(program: GPProgram, theta: Mapping[str, Array], prep: Prepared, *,
+              stacklevel: int = 3) -> tuple[Array, Array, Array]:
+    """Factorises ``K + noise^2 I`` for every sample and output (``theta`` leaves ``[S, O, ...]``).
+
+    Returns:
+        ``chol [S, O, N, N]``, ``alpha [S, O, N]``, ``jitter [S, O]``.
+
+    Raises:
+        GPNumericalError: the matrix stayed indefinite at the largest jitter.
+    """
+    chol, alpha, jitter = _conditioner(program)(dict(theta), jnp.asarray(prep.x), jnp.asarray(prep.y))
+    diag_ok = np.asarray(jnp.all(jnp.isfinite(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
+    if not diag_ok.all():
+        bad = np.argwhere(~diag_ok)[0]
+        values = {s: np.asarray(v[tuple(bad)]).round(6).tolist() for s, v in theta.items()}
+        raise GPNumericalError(
+            f"the covariance of {program.describe()} (output {int(bad[1])}) is not positive definite even with"
+            f" jitter {JITTER_LEVELS[-1]:g} x mean diagonal added; hyperparameters: {values}. Check for"
+            " duplicated inputs with a tiny noise floor, or a fixed noise of 0."
+        )
+    jit_np = np.asarray(jitter)
+    if np.any(jit_np > 0):
+        warnings.warn(
+            f"GP covariance of {program.describe()} needed jitter {jit_np.max():.3g} on its diagonal"
+            f" ({int(np.sum(jit_np > 0))} of {jit_np.size} sample/output factors) to factorise;"
+            " inputs are nearly duplicated or the noise is tiny.",
+            JitterWarning, stacklevel=stacklevel,
+        )
+    return chol, alpha, jitter
+
+
+def flat_draws(program: GPProgram, theta: Mapping[str, Array]) -> tuple[dict[str, Array], int, int]:
+    """``theta`` leaves ``[K, O, ...]`` flattened to ``[K * O, ...]``, with K and O."""
+    k, o = theta[program.noise.site].shape[:2]
+    return jax.tree_util.tree_map(lambda a: a.reshape(k * o, *a.shape[2:]), dict(theta)), k, o
+
+
+class ExactGPState(eqx.Module):
+    """Arrays of a fitted exact GP (a pytree; the program is static).
+
+    ``theta`` leaves are ``[S, O, ...]`` in model units (standardised targets,
+    unit-cube inputs).
+    """
+
+    program: GPProgram = eqx.field(static=True)
+    columns: tuple[int, ...] = eqx.field(static=True)
+    x: Float[Array, "N Dm"]
+    y: Float[Array, "N O"]
+    theta: dict[str, Array]
+    chol: Float[Array, "S O N N"]
+    alpha: Float[Array, "S O N"]
+    weights: Float[Array, " S"]
+    low: Float[Array, " Dm"]
+    scale: Float[Array, " Dm"]
+    y_mean: Float[Array, " O"]
+    y_scale: Float[Array, " O"]
+
+    def model_inputs(self, x: Float[Array, "M D"]) -> Float[Array, "M Dm"]:
+        x = jnp.asarray(x, dtype=self.x.dtype)
+        return (x[:, jnp.asarray(self.columns)] - self.low) / self.scale
+
+
+def _latent_moments(program: GPProgram, theta: Mapping[str, Array], chol: Array, alpha: Array, x_train: Array,
+                    xs: Array) -> tuple[Array, Array, Array]:
+    """Latent mean, latent variance and noise variance ``[M]`` of one sample and output."""
+    kernel = program.kernel
+    kxs = kernel.gram(theta, x_train, xs, same=False)
+    mean = kxs.T @ alpha + program.mean_value(theta)
+    v = jax.scipy.linalg.solve_triangular(chol, kxs, lower=True)
+    prior_var = kernel.gram_diag(theta, xs, white=False)
+    var = jnp.maximum(prior_var - jnp.sum(v * v, axis=0), 0.0)
+    noise = theta[program.noise.site] ** 2 * jnp.ones_like(mean)
+    if kernel.has_white():
+        noise = noise + kernel.gram_diag(theta, xs, white=True) - prior_var
+    return mean, var, noise
+
+
+@jax.jit
+def exact_components(state: ExactGPState, x: Array) -> tuple[Array, Array, Array]:
+    """Per-sample moments in raw units, each ``[S, M, O]``."""
+    count_trace("gp/predict")
+    xs = state.model_inputs(x)
+
+    def one(theta: Any, chol: Array, alpha: Array) -> tuple[Array, Array, Array]:
+        return _latent_moments(state.program, theta, chol, alpha, state.x, xs)
+
+    s, o = state.alpha.shape[:2]
+    flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), (state.theta, state.chol, state.alpha))
+    out = map_unbatched(one, *flat)  # each [S * O, M]
+    mean, var, noise = (jnp.swapaxes(a.reshape(s, o, -1), 1, 2) for a in out)
+    return mean * state.y_scale + state.y_mean, var * state.y_scale**2, noise * state.y_scale**2
+
+
+def mixture_moments(weights: Array, mean: Array, var: Array, noise: Array) -> Prediction:
+    """Moments of a mixture over the leading axis (law of total variance)."""
+    w = weights[:, None, None]
+    m = jnp.sum(w * mean, axis=0)
+    epi = jnp.sum(w * (var + (mean - m) ** 2), axis=0)
+    return Prediction(mean=m, epistemic_var=epi, aleatoric_var=jnp.sum(w * noise, axis=0))
+
+
+def mixture_log_density(log_weights: Array, mean: Array, var: Array, y: Array) -> Array:
+    """``log sum_s w_s prod_o N(y_o | mean_so, var_so)`` ``[M]``; components ``[S, M, O]``."""
+    lp = -0.5 * (jnp.log(2 * jnp.pi * var) + (y[None] - mean) ** 2 / var)
+    return jax.scipy.special.logsumexp(log_weights[:, None] + jnp.sum(lp, axis=-1), axis=0)
+
+
+@dataclass(frozen=True, eq=False)
+class FitRecord:
+    """What a fit leaves for ``to_datatree`` and reports (identity-hashed)."""
+
+    method: str
+    samples: dict[str, np.ndarray]  # site -> [C, S, O, ...] constrained, every free site
+    log_joint: np.ndarray  # [C, S]
+    sample_stats: dict[str, np.ndarray] | None = None  # NUTS: [C, S]
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    key: Any = None
