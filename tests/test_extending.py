@@ -132,3 +132,58 @@ def test_a_registered_planner_kind_is_named_in_a_spec_and_driven():
         ExperimentSpec.model_validate({"name": "greedy", "env": "priorguard/ShiftedPendulum-v0",
                                        "terminal": {"model": "gp"}, "world": {"model": "bnn"},
                                        "planner": {"kind": "tests_greedy", "veto": {"fallback": [0.0]}}})
+
+
+# --- a kernel kind --------------------------------------------------------------------------
+
+from priorguard.models.gp import fit_gp, register_kernel_ops  # noqa: E402
+from priorguard.models.gp.features import FEATURES, SPECTRAL_SCALE, RandomFeatures  # noqa: E402
+from priorguard.models.gp.kernels import KIND_OPS, KindOps  # noqa: E402
+from priorguard.models.gp.linalg import squared_distances  # noqa: E402
+from priorguard.priors import GPModel, register_kernel  # noqa: E402
+
+
+def laplacian_gram(leaf, th, a, b, same):
+    """``variance * exp(-|a - b| / lengthscale)``: the exponential (Matern 1/2) kernel, written out."""
+    ls = th["lengthscale"]
+    r2 = squared_distances(a / ls, b / ls, same=same)
+    return th["variance"] * jnp.exp(-jnp.sqrt(jnp.maximum(r2, 1e-36)))
+
+
+def laplacian_features(leaf, th, keys, f):
+    """Random Fourier features: Gaussian frequencies times a Student-t scale (nu = 1/2)."""
+    k_w, k_b, k_s = keys
+    omega = jax.random.normal(k_w, (f, len(leaf.dims))) * SPECTRAL_SCALE["matern12"](th, k_s, f) / th["lengthscale"]
+    return {"omega": omega, "phase": jax.random.uniform(k_b, (f,), maxval=2 * jnp.pi)}
+
+
+# the exponential kernel under a name of its own: a GP with it must be the matern12 GP
+register_kernel("tests_laplacian", params={"lengthscale": "positive", "variance": "positive"}, flops=(3, 4))
+register_kernel_ops("tests_laplacian", KindOps(laplacian_gram, KIND_OPS["matern12"].diag),
+                    RandomFeatures(laplacian_features, FEATURES["matern12"].evaluate))
+
+
+def test_a_registered_kernel_kind_is_named_in_a_spec_and_fitted():
+    from priorguard.models import as_data
+
+    x = np.linspace(0.0, 1.0, 12)[:, None]
+    data = as_data(x, np.sin(6 * x[:, 0]))
+    fits = {}
+    for kind in ("tests_laplacian", "matern12"):
+        spec = GPModel.model_validate({"model": "gp", "kernel": {"kind": kind, "variance": 1.5,
+                                                                  "lengthscale": {"dist": "LogNormal", "loc": 0.0,
+                                                                                  "scale": 1.0}}})
+        fits[kind] = fit_gp(spec, data, key=jax.random.key(0), feature_names=["x"])
+    probe = jnp.linspace(-0.5, 1.5, 7)[:, None]
+    a, b = (fits[k].predict(probe) for k in ("tests_laplacian", "matern12"))
+    np.testing.assert_allclose(np.asarray(a.mean), np.asarray(b.mean), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(a.epistemic_var), np.asarray(b.epistemic_var), rtol=1e-6, atol=1e-9)
+    f = fits["tests_laplacian"].sample_functions(jax.random.key(1), 3)(probe)  # pathwise draws need its features
+    assert np.all(np.isfinite(np.asarray(f)))
+    # its table is checked against the declared hyperparameters and supports
+    with pytest.raises(Exception, match="lengthscal"):
+        GPModel.model_validate({"model": "gp", "kernel": {"kind": "tests_laplacian", "lengthscal": 1.0}})
+    with pytest.raises(Exception, match="variance"):
+        GPModel.model_validate({"model": "gp", "kernel": {"kind": "tests_laplacian", "variance": -1.0}})
+    with pytest.raises(ValueError, match="already registered"):
+        register_kernel("tests_laplacian", params={"variance": "positive"})

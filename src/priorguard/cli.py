@@ -86,7 +86,7 @@ def prior_check(
     configure()
     from priorguard.analysis.prior_check import write_prior_check
     from priorguard.envs import env_info
-    from priorguard.models.roles import world_outputs
+    from priorguard.experiments.context import world_outputs
 
     info = env_info(loaded.env)
     world_columns = world_outputs(loaded, list(info.feature_names))
@@ -124,7 +124,7 @@ def list_(
 ) -> None:
     """List distributions, kernels, shipped experiments and environments."""
     from priorguard.priors.distributions import distribution_names
-    from priorguard.priors.kernels import BASE_KINDS, COMPOSITE_KINDS, KERNEL_PARAMS
+    from priorguard.priors.kernels import COMPOSITE_KINDS, KERNELS
 
     choices = ("distributions", "kernels", "experiments", "envs", "all")
     if what not in choices:
@@ -135,8 +135,8 @@ def list_(
         t = Table(title="kernels")
         t.add_column("kind")
         t.add_column("hyperparameters")
-        for k in BASE_KINDS:
-            t.add_row(k, ", ".join(KERNEL_PARAMS[k]))
+        for k, kind in KERNELS.items():
+            t.add_row(k, ", ".join(kind.params))
         for k in COMPOSITE_KINDS:
             t.add_row(k, "terms = [kernel, ...]")
         t.add_row("{ search = [...] }", "structure search: max_terms, simplicity, speed, operators, evidence")

@@ -7,7 +7,7 @@ import pytest
 from priorguard.envs import env_info
 from priorguard.experiments.assemble import OutputScatter
 from priorguard.models.base import FunctionDraws
-from priorguard.models.roles import world_outputs
+from priorguard.experiments.context import world_outputs
 from priorguard.planners import PlanningModels
 from priorguard.experiments import ExperimentSpec
 

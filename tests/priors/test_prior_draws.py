@@ -17,15 +17,20 @@ from priorguard.priors import (
     parse_kernel,
     structure_prior,
 )
-from priorguard.priors.fragments import kernel_fragment, noise_fragment
+from priorguard.models.bnn import bnn_model
+from priorguard.models.gp.kernels import compile_program
+from priorguard.models.gp.objective import gp_model
+from priorguard.priors import BNNModel
 from priorguard.priors.structure import layer_widths, mlp_flops
 
 N = 4000
 
 
-def draws_of(kernel_table, dim, n=N, seed=0):
-    kernel = parse_kernel(kernel_table)
-    return Predictive(lambda: kernel_fragment(kernel, dim=dim, role="terminal"), num_samples=n)(jax.random.key(seed))
+def draws_of(kernel_table, dim, n=N, seed=0, noise=0.1):
+    """Prior draws of a GP's sites, through the model a fit samples (``gp_model``), without data."""
+    program = compile_program(parse_kernel(kernel_table), noise=noise, mean="zero",
+                              feature_names=[f"x{i}" for i in range(dim)], site_prefix="terminal")
+    return Predictive(lambda: gp_model(program), num_samples=n)(jax.random.key(seed))
 
 
 def test_declared_lognormal_and_halfnormal_pass_ks():
@@ -80,8 +85,15 @@ def test_site_names_are_stable():
         "terminal/kernel/terms/1/terms/0/variance",
         "terminal/kernel/terms/1/terms/1/variance",
     ]
-    noise = Predictive(lambda: noise_fragment(None, dim=2, role="world", outputs=3), num_samples=2)(jax.random.key(1))
-    assert noise["world/noise"].shape == (2, 3)
+    noise = draws_of({"kind": "rbf"}, dim=2, n=2, noise=None)  # a learned noise, under its default prior
+    assert noise["terminal/noise"].shape == (2,)
+    # a BNN's sites, under a horseshoe: a global and local scales per layer (docs/priors.md lists them)
+    spec = BNNModel(model="bnn", hidden=[4], simplicity={"kind": "horseshoe", "global_scale": 0.1})
+    model = bnn_model(spec, in_dim=2, out_dim=3)
+    bnn = Predictive(model, num_samples=2)(jax.random.key(1), np.zeros((5, 2)))
+    assert {k for k in bnn if not k.endswith("/y")} == {
+        f"world/layer{i}/{leaf}" for i in (0, 1) for leaf in ("tau", "lambda", "w_raw", "w", "b")} | {"world/noise"}
+    assert bnn["world/noise"].shape == (2, 3) and bnn["world/layer0/lambda"].shape == (2, 2, 4)
 
 
 def test_structure_prior_normalises_and_orders_by_description_length():

@@ -182,7 +182,7 @@ def to_datatree(rp: RolePrior) -> Any:
     """An ArviZ DataTree with ``prior`` (hyperparameters) and ``prior_predictive`` groups."""
     import arviz as az
 
-    from priorguard.models.gp.exact import site_var
+    from priorguard.priors.sites import variable as site_var
 
     prior = {site_var(k): v[None] for k, v in rp.hyper.items()}
     dims = {}

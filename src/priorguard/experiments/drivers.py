@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -33,9 +33,6 @@ from priorguard.planners.cem import plan_cem
 from priorguard.planners.mcts import plan_mcts
 from priorguard.planners.one_step import plan_one_step
 from priorguard.planners.worlds import PlanningModels
-
-if TYPE_CHECKING:
-    from priorguard.experiments.spec import PlannerSpec
 
 #: ``act(key, obs [B, F]) -> (action [B...], candidates [B, K...], veto_mask [B, K], used_fallback [B])``
 Actor = Callable[[Any, Any], tuple[Any, Any, Any, Any]]
@@ -57,7 +54,7 @@ class PlannerDriver(abc.ABC):
     #: The action spaces this planner plans in ("discrete", "continuous").
     action_kinds: tuple[str, ...] = ("discrete", "continuous")
 
-    def __init__(self, spec: PlannerSpec, info: Any, discount: float) -> None:
+    def __init__(self, spec: Any, info: Any, discount: float) -> None:
         self.spec = spec
         self.info = info
         self.discount = discount
@@ -175,7 +172,7 @@ def planner_kinds() -> dict[str, tuple[str, ...]]:
     return {kind: d.action_kinds for kind, d in _DRIVERS.items()}
 
 
-def driver_for(spec: PlannerSpec, info: Any, discount: float) -> PlannerDriver:
+def driver_for(spec: Any, info: Any, discount: float) -> PlannerDriver:
     """The driver of ``spec.kind`` (the spec has already checked it suits the action space)."""
     return _DRIVERS[spec.kind](spec, info, discount)
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from priorguard.priors.sites import variable as site_var
+
 __all__ = [
     "SAMPLE_DIMS",
     "arviz_attrs",
@@ -34,16 +36,10 @@ __all__ = [
     "posterior_dataset",
     "sample_coords",
     "sample_stats_dataset",
-    "site_var",
 ]
 
 #: The sample dimensions of every posterior-like group, leading every variable.
 SAMPLE_DIMS = ("chain", "draw")
-
-
-def site_var(name: str) -> str:
-    """DataTree variable name of a site (DataTree forbids ``/``): ``terminal.kernel.lengthscale``."""
-    return name.replace("/", ".")
 
 
 def sample_coords(chains: int, draws: int) -> dict[str, np.ndarray]:

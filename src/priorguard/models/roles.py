@@ -68,23 +68,6 @@ def role_inputs(spec: GPModel | BNNModel, all_features: Sequence[str]) -> tuple[
     return tuple(list(all_features).index(n) for n in names)
 
 
-def world_outputs(spec: Any, all_features: Sequence[str]) -> tuple[int, ...]:
-    """Observation columns an experiment's W predicts the change of: those some model reads.
-
-    T, W, I and D read their ``features``; a proposal policy A that is fitted to
-    states (``behaviour``, ``learned``) reads them all. Imagined transitions keep
-    the other columns as they are, since no model would see them change, and W
-    spends no fit or planning time on them.
-    """
-    if spec.planner.proposal.kind in ("behaviour", "learned"):
-        return tuple(range(len(all_features)))
-    read = set(role_inputs(spec.terminal, all_features)) | set(role_inputs(spec.world, all_features))
-    for role in (spec.instrumental, spec.termination):
-        if role is not None:
-            read |= set(role_inputs(role, all_features))
-    return tuple(sorted(read))
-
-
 def describe(spec: Any) -> str:
     """One line: model kind, kernel or architecture, inference."""
     from priorguard.priors.kernels import describe_kernel

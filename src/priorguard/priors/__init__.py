@@ -9,7 +9,10 @@ from priorguard.priors.errors import SpecError, SpecIssue
 from priorguard.priors.kernels import (
     BASE_KINDS,
     KERNEL_KINDS,
+    KERNELS,
     CompositeKernel,
+    CustomKernel,
+    KernelKind,
     LinearKernel,
     PeriodicKernel,
     PolynomialKernel,
@@ -19,7 +22,9 @@ from priorguard.priors.kernels import (
     WhiteKernel,
     default_prior,
     describe_kernel,
+    kernel_kinds,
     parse_kernel,
+    register_kernel,
 )
 from priorguard.priors.models import (
     BNNModel,
@@ -53,6 +58,11 @@ __all__ = [
     "InstrumentalBNN",
     "InstrumentalGP",
     "KERNEL_KINDS",
+    "KERNELS",
+    "CustomKernel",
+    "KernelKind",
+    "kernel_kinds",
+    "register_kernel",
     "KernelStructure",
     "LinearKernel",
     "MapInference",

@@ -281,7 +281,8 @@ class Prior(BaseModel):
             if isinstance(value, Prior):
                 if site is None:
                     raise ValueError(f"{self.dist}.{key} is a hyperprior: a site name is needed")
-                kwargs[key] = numpyro.sample(f"{site}/{key}", value.to_numpyro(f"{site}/{key}"))
+                hyper = f"{site}/{key}"  # sites.hyperprior_site (distributions sit below sites)
+                kwargs[key] = numpyro.sample(hyper, value.to_numpyro(hyper))
             else:
                 kwargs[key] = float(value)
         return distribution_names()[self.dist](**kwargs)

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -35,11 +36,9 @@ from priorguard.priors.distributions import Prior, Support, _fail, check_support
 from priorguard.priors.errors import allowed, did_you_mean
 
 STATIONARY = ("rbf", "matern12", "matern32", "matern52")
-BASE_KINDS = (*STATIONARY, "rational_quadratic", "periodic", "linear", "polynomial", "white")
 COMPOSITE_KINDS = ("sum", "product")
-KERNEL_KINDS = (*BASE_KINDS, *COMPOSITE_KINDS)
 
-#: The domain each kernel hyperparameter must live in.
+#: The domain each built-in kernel hyperparameter must live in.
 PARAM_SUPPORT: dict[str, Support] = {
     "lengthscale": "positive",
     "variance": "positive",
@@ -48,17 +47,8 @@ PARAM_SUPPORT: dict[str, Support] = {
     "shift": "nonnegative",
 }
 
-#: Hyperparameters of each base kernel (``lengthscale`` is per dimension with ARD).
-KERNEL_PARAMS: dict[str, tuple[str, ...]] = {
-    **{k: ("lengthscale", "variance") for k in STATIONARY},
-    "rational_quadratic": ("lengthscale", "variance", "alpha"),
-    "periodic": ("lengthscale", "variance", "period"),
-    "linear": ("variance",),
-    "polynomial": ("variance", "shift"),
-    "white": ("variance",),
-}
-
 ParamValue = Annotated[Union[float, Prior], Field(union_mode="left_to_right")]
+_PARAM: TypeAdapter[Any] = TypeAdapter(ParamValue)
 
 
 def default_prior(param: str, dim: int) -> Prior:
@@ -104,11 +94,12 @@ class _KernelBase(BaseModel):
 
     @model_validator(mode="after")
     def _check_supports(self) -> Any:
-        for name in KERNEL_PARAMS.get(getattr(self, "kind", ""), ()):
+        kind = KERNELS.get(getattr(self, "kind", ""))
+        for name in kind.params if kind is not None else ():
             value = getattr(self, name, None)
             if value is None:
                 continue
-            problem = check_support(value, PARAM_SUPPORT[name], path=name)
+            problem = check_support(value, kind.supports[name], path=name)
             if problem:
                 raise _fail("prior_support", problem, param=name)
         return self
@@ -129,7 +120,12 @@ class _KernelBase(BaseModel):
     def prior_of(self, param: str, dim: int) -> Prior | float:
         """The declared prior of ``param``, or its default for ``dim`` inputs."""
         value = getattr(self, param, None)
-        return default_prior(param, dim) if value is None else value
+        if value is not None:
+            return value
+        kind = KERNELS.get(getattr(self, "kind", ""))
+        if kind is not None and param in kind.defaults:
+            return kind.defaults[param]
+        return default_prior(param, dim)
 
 
 class StationaryKernel(_KernelBase):
@@ -185,6 +181,35 @@ class WhiteKernel(_KernelBase):
     variance: ParamValue | None = None
 
 
+class CustomKernel(_KernelBase):
+    """A kernel kind added with :func:`register_kernel`: its hyperparameters are keys of the table
+    (each a number or a prior), checked against the kind's declared parameters and supports."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
+
+    kind: str
+    #: One lengthscale per input dimension, where the kind has a ``lengthscale``.
+    ard: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declared_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        kind = KERNELS.get(data.get("kind", ""))
+        if kind is None or kind.spec is not CustomKernel:
+            raise _fail("unknown_kernel", f"{data.get('kind')!r} is not a registered kernel kind")
+        out = dict(data)
+        known = {"kind", "ard", "active_dims", *kind.params}
+        for key, value in data.items():
+            if key not in known:
+                raise _fail("unknown_param", f"unknown key {key!r}{did_you_mean(key, kind.params)};"
+                            f" the {kind.name} kernel's hyperparameters are {', '.join(kind.params)}")
+            if key in kind.params and value is not None:
+                out[key] = _PARAM.validate_python(value)
+        return out
+
+
 class CompositeKernel(BaseModel):
     """Sum or product of kernels."""
 
@@ -219,24 +244,88 @@ class StructureSearch(BaseModel):
     @classmethod
     def _known_kinds(cls, v: list[str]) -> list[str]:
         for name in v:
-            if name not in BASE_KINDS:
+            if name not in KERNELS:
                 raise _fail(
                     "unknown_kernel",
-                    f"unknown base kernel {name!r}{did_you_mean(name, BASE_KINDS)}; allowed: {allowed(BASE_KINDS)}",
+                    f"unknown base kernel {name!r}{did_you_mean(name, KERNELS)}; allowed: {allowed(KERNELS)}",
                 )
         if len(set(v)) != len(v):
             raise _fail("duplicates", f"lists a kernel twice: {v}")
         return v
 
 
-_BASE_CLASSES: dict[str, type[_KernelBase]] = {
-    **{k: StationaryKernel for k in STATIONARY},
-    "rational_quadratic": RationalQuadraticKernel,
-    "periodic": PeriodicKernel,
-    "linear": LinearKernel,
-    "polynomial": PolynomialKernel,
-    "white": WhiteKernel,
-}
+@dataclass(frozen=True)
+class KernelKind:
+    """One base kernel kind: everything the spec, the structure prior and the GP read of it.
+
+    Attributes:
+        name: the ``kind`` a spec writes.
+        spec: the spec class that validates its table.
+        params: its hyperparameters, in order (``lengthscale`` is per dimension with ARD).
+        flops: ``(per input dimension, constant)`` flops per kernel entry (the speed prior's cost).
+        supports: the domain each hyperparameter's prior must live in.
+        defaults: default priors of hyperparameters :func:`default_prior` does not know.
+    """
+
+    name: str
+    spec: type[_KernelBase]
+    params: tuple[str, ...]
+    flops: tuple[int, int]
+    supports: dict[str, Support] = field(default_factory=dict)
+    defaults: dict[str, Prior] = field(default_factory=dict)
+
+
+def _builtin(name: str, spec: type[_KernelBase], params: tuple[str, ...], flops: tuple[int, int]) -> KernelKind:
+    return KernelKind(name, spec, params, flops, {p: PARAM_SUPPORT[p] for p in params})
+
+
+#: The one table of base kernel kinds (the compiled side is ``priorguard.models.gp.kernels.KIND_OPS``).
+KERNELS: dict[str, KernelKind] = {k.name: k for k in (
+    _builtin("rbf", StationaryKernel, ("lengthscale", "variance"), (3, 2)),
+    _builtin("matern12", StationaryKernel, ("lengthscale", "variance"), (3, 4)),
+    _builtin("matern32", StationaryKernel, ("lengthscale", "variance"), (3, 6)),
+    _builtin("matern52", StationaryKernel, ("lengthscale", "variance"), (3, 8)),
+    _builtin("rational_quadratic", RationalQuadraticKernel, ("lengthscale", "variance", "alpha"), (3, 6)),
+    _builtin("periodic", PeriodicKernel, ("lengthscale", "variance", "period"), (4, 6)),
+    _builtin("linear", LinearKernel, ("variance",), (2, 1)),
+    _builtin("polynomial", PolynomialKernel, ("variance", "shift"), (2, 3)),
+    _builtin("white", WhiteKernel, ("variance",), (0, 1)),
+)}
+
+#: The built-in base kinds and all built-in kinds (registered kinds are in `KERNELS`).
+BASE_KINDS = tuple(KERNELS)
+KERNEL_KINDS = (*BASE_KINDS, *COMPOSITE_KINDS)
+
+
+def register_kernel(name: str, *, params: dict[str, Support], flops: tuple[int, int] = (3, 2),
+                    defaults: dict[str, Any] | None = None) -> KernelKind:
+    """Adds a base kernel kind from any module; a spec's kernel table may then name it.
+
+    Its table holds ``kind``, ``active_dims``, ``ard`` and one key per hyperparameter (a
+    number or a prior). The GP side needs its compiled gram and random features too
+    (:func:`priorguard.models.gp.kernels.register_kernel_ops`).
+
+    Args:
+        name: the new ``kind``.
+        params: hyperparameter -> support ("positive", "nonnegative", "real"), in order.
+        flops: ``(per dimension, constant)`` flops per kernel entry, for speed priors.
+        defaults: default priors (tables as a spec writes them) of hyperparameters that
+            :func:`default_prior` does not know.
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if name in KERNELS or name in COMPOSITE_KINDS:
+        raise ValueError(f"kernel kind {name!r} is already registered")
+    priors = {k: v if isinstance(v, Prior) else Prior.model_validate(v) for k, v in (defaults or {}).items()}
+    kind = KernelKind(name, CustomKernel, tuple(params), tuple(flops), dict(params), priors)
+    KERNELS[name] = kind
+    return kind
+
+
+def kernel_kinds() -> tuple[str, ...]:
+    """Every kind a kernel table may name now: the base kinds (built-in and registered), sum, product."""
+    return (*KERNELS, *COMPOSITE_KINDS)
 
 
 def _kernel_tag(v: Any) -> str | None:
@@ -246,8 +335,8 @@ def _kernel_tag(v: Any) -> str | None:
         kind = v.get("kind")
         if kind is None:
             return None
-        if kind in _BASE_CLASSES:
-            return f"kernel:{_BASE_CLASSES[kind].__name__}"
+        if kind in KERNELS:
+            return f"kernel:{KERNELS[kind].spec.__name__}"
         if kind in COMPOSITE_KINDS:
             return "kernel:composite"
         return str(kind)
@@ -268,6 +357,7 @@ KernelSpec = Annotated[
         Annotated[LinearKernel, Tag("kernel:LinearKernel")],
         Annotated[PolynomialKernel, Tag("kernel:PolynomialKernel")],
         Annotated[WhiteKernel, Tag("kernel:WhiteKernel")],
+        Annotated[CustomKernel, Tag("kernel:CustomKernel")],
         Annotated[CompositeKernel, Tag("kernel:composite")],
     ],
     Discriminator(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from priorguard.priors import kernels as k
 from priorguard.priors import models as m
 from priorguard.priors.errors import SpecError, SpecIssue, did_you_mean
-from priorguard.priors.kernels import KERNEL_KINDS
+from priorguard.priors.kernels import KERNELS, kernel_kinds
 
 _SCALAR_TYPES = {"float_type", "float_parsing", "int_type", "int_parsing", "finite_number", "bool_type",
                  "string_type", "literal_error"}
@@ -28,12 +28,7 @@ _INTERNAL = re.compile(r"^(float|int|str|bool|none|list\[.*|dict\[.*|function-.*
 
 def _tag_classes() -> dict[str, type[BaseModel]]:
     out: dict[str, type[BaseModel]] = {
-        "kernel:StationaryKernel": k.StationaryKernel,
-        "kernel:RationalQuadraticKernel": k.RationalQuadraticKernel,
-        "kernel:PeriodicKernel": k.PeriodicKernel,
-        "kernel:LinearKernel": k.LinearKernel,
-        "kernel:PolynomialKernel": k.PolynomialKernel,
-        "kernel:WhiteKernel": k.WhiteKernel,
+        **{f"kernel:{kind.spec.__name__}": kind.spec for kind in KERNELS.values()},
         "kernel:composite": k.CompositeKernel,
         "kernel:search": k.StructureSearch,
         "inference:map": m.MapInference,
@@ -125,8 +120,9 @@ def _message(err: dict[str, Any], loc: tuple[Any, ...], root: type[BaseModel]) -
     if kind == "unknown_kernel" and isinstance(value, dict):
         found = value.get("kind")
         if found is None:
-            return f"a kernel needs `kind` (one of {', '.join(KERNEL_KINDS)}) or `search` (a structure search)"
-        return f"unknown kernel kind {found!r}{did_you_mean(str(found), KERNEL_KINDS)}; allowed: {', '.join(KERNEL_KINDS)}"
+            return f"a kernel needs `kind` (one of {', '.join(kernel_kinds())}) or `search` (a structure search)"
+        return (f"unknown kernel kind {found!r}{did_you_mean(str(found), kernel_kinds())};"
+                f" allowed: {', '.join(kernel_kinds())}")
     if kind in ("unknown_model", "unknown_method", "unknown_simplicity") and isinstance(value, dict):
         key = {"unknown_model": "model", "unknown_method": "method", "unknown_simplicity": "kind"}[kind]
         choices = {

@@ -39,28 +39,11 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from priorguard.priors.kernels import (
-    KERNEL_PARAMS,
-    CompositeKernel,
-    StructureSearch,
-    _BASE_CLASSES,
-)
+from priorguard.priors.kernels import KERNELS, CompositeKernel, StructureSearch
 
 #: Nats charged per continuous hyperparameter in the description length.
 HYPER_NATS = 1.0
 
-#: Flops per kernel entry for each base kernel on ``dim`` inputs (a, b per dim + const).
-_FLOPS = {
-    "rbf": (3, 2),
-    "matern12": (3, 4),
-    "matern32": (3, 6),
-    "matern52": (3, 8),
-    "rational_quadratic": (3, 6),
-    "periodic": (4, 6),
-    "linear": (2, 1),
-    "polynomial": (2, 3),
-    "white": (0, 1),
-}
 
 
 @dataclass(frozen=True)
@@ -85,13 +68,13 @@ class KernelStructure:
     def num_hyperparameters(self, dim: int, *, ard: bool = True) -> int:
         n = 0
         for kind in (k for p in self.products for k in p):
-            for param in KERNEL_PARAMS[kind]:
+            for param in KERNELS[kind].params:
                 n += dim if (param == "lengthscale" and ard) else 1
         return n
 
     def flops(self, dim: int) -> float:
-        per_dim = sum(_FLOPS[k][0] for p in self.products for k in p)
-        const = sum(_FLOPS[k][1] for p in self.products for k in p)
+        per_dim = sum(KERNELS[k].flops[0] for p in self.products for k in p)
+        const = sum(KERNELS[k].flops[1] for p in self.products for k in p)
         return float(per_dim * dim + const + (self.num_leaves - 1))
 
     def description_length(self, search: StructureSearch, dim: int) -> float:
@@ -107,7 +90,7 @@ class KernelStructure:
         """The fixed kernel spec of this structure (default hyperpriors)."""
 
         def leaf(kind: str) -> object:
-            cls = _BASE_CLASSES[kind]
+            cls = KERNELS[kind].spec
             kwargs = {"ard": ard} if "ard" in cls.model_fields else {}
             return cls(kind=kind, **kwargs)
 

@@ -30,6 +30,7 @@ from priorguard.models.bnn.network import (
 )
 from priorguard.models.bnn.posterior import BNNPosterior, DepthFit
 from priorguard.models.datatree import posterior_dataset
+from priorguard.priors import sites
 from priorguard.priors.distributions import Prior
 from priorguard.priors.models import (
     BNNModel,
@@ -129,10 +130,10 @@ def _net_params(samples: Mapping[str, Array], cfg: _NetConfig, num: int) -> dict
     out: dict[str, Array] = {}
     for i in range(cfg.depth + 1):
         for part in ("w", "b"):
-            v = samples[f"{p}/layer{i}/{part}"]
+            v = samples[sites.layer_site(p, i, part)]
             out[f"layer{i}/{part}"] = v.reshape((num, *v.shape[2:]))
     if isinstance(cfg.noise, Prior):
-        v = samples[f"{p}/noise"]
+        v = samples[sites.noise_site(p)]
         out["noise"] = v.reshape((num, *v.shape[2:]))
     else:
         dtype = out["layer0/w"].dtype

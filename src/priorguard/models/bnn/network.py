@@ -28,6 +28,7 @@ from numpyro.infer.reparam import LocScaleReparam
 
 from priorguard._compile import count_trace
 from priorguard.models.base import Data
+from priorguard.priors import sites
 from priorguard.priors.distributions import Prior
 from priorguard.priors.kernels import default_prior
 from priorguard.priors.models import BNNModel, Horseshoe, RegularisedHorseshoe
@@ -147,7 +148,7 @@ def _expanded(d: dist.Distribution, shape: tuple[int, ...]) -> dist.Distribution
 
 
 def _weight_site(cfg: _NetConfig, base: str, fan_in: int, fan_out: int) -> Array:
-    site = f"{base}/w"
+    site = f"{base}/w"  # base is sites.layer_prefix(role, i): the leaves of sites.layer_site
     shape = (fan_in, fan_out)
     sparsity = cfg.sparsity
     if sparsity is None:
@@ -173,18 +174,18 @@ def _build_model(cfg: _NetConfig) -> Any:
     def model(x: Array, y: Array | None = None) -> None:
         h = x
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            base = f"{p}/layer{i}"
+            base = sites.layer_prefix(p, i)
             w = _weight_site(cfg, base, fan_in, fan_out)
             b = numpyro.sample(f"{base}/b", _expanded(cfg.bias.to_numpyro(f"{base}/b"), (fan_out,)))
             h = h @ w + b
             if i < cfg.depth:
                 h = act(h)
         if isinstance(cfg.noise, Prior):
-            sigma = numpyro.sample(f"{p}/noise", _expanded(cfg.noise.to_numpyro(f"{p}/noise"), (cfg.out_dim,)))
+            sigma = numpyro.sample(sites.noise_site(p), _expanded(cfg.noise.to_numpyro(sites.noise_site(p)), (cfg.out_dim,)))
         else:
             sigma = jnp.full((cfg.out_dim,), cfg.noise, dtype=h.dtype)
-        with numpyro.plate(f"{p}/obs", x.shape[0]):
-            numpyro.sample(f"{p}/y", dist.Normal(h, sigma).to_event(1), obs=y)
+        with numpyro.plate(sites.observation_plate(p), x.shape[0]):
+            numpyro.sample(sites.observation_site(p), dist.Normal(h, sigma).to_event(1), obs=y)
 
     return model
 

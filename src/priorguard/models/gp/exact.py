@@ -62,10 +62,12 @@ from priorguard.models.gp.state import (
     mixture_log_density,
     mixture_moments,
 )
+from priorguard.models import datatree
 from priorguard.models.inference import NutsProgram, warn_on_diagnostics
+from priorguard.priors import sites
 from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference
 
-__all__ = ["GPPosterior", "condition_gp", "exact_datatree", "fit_exact_gp", "posterior_from_map", "site_var"]
+__all__ = ["GPPosterior", "condition_gp", "exact_datatree", "fit_exact_gp", "posterior_from_map"]
 
 
 class GPPosterior(eqx.Module):
@@ -309,7 +311,7 @@ def condition_gp(
         site = name if name.startswith(site_prefix + "/") else f"{site_prefix}/{name}"
         given[site] = value
     if mean_constant is not None:
-        given[f"{site_prefix}/mean/constant"] = mean_constant
+        given[sites.mean_site(site_prefix)] = mean_constant
     o = prep.num_outputs
     theta = {}
     for h in program.hypers:
@@ -347,8 +349,8 @@ def _fit_nuts(program: GPProgram, prep: Prepared, inference: NutsInference, *, k
         g = GroupedTargets(*(jnp.asarray(a) for a in grouped[1]))
         per_output = [GroupedTargets(g.counts, g.mean[:, o], g.scatter[:, o]) for o in range(prep.num_outputs)]
     outs = [runner.run(k, x, y) for k, y in zip(jax.random.split(key, prep.num_outputs), per_output)]
-    sites = list(outs[0]["samples"])
-    samples = {s: np.stack([np.asarray(out["samples"][s]) for out in outs], axis=2) for s in sites}  # [C, S, O, ...]
+    site_names = list(outs[0]["samples"])
+    samples = {s: np.stack([np.asarray(out["samples"][s]) for out in outs], axis=2) for s in site_names}  # [C, S, O, ...]
     stats = {k: np.stack([np.asarray(out["stats"][k]) for out in outs], axis=-1) for k in outs[0]["stats"]}
     c, s = stats["diverging"].shape[:2]
     steps = stats["num_steps"].astype(np.int64)
@@ -383,53 +385,23 @@ def _warn_nuts(record: FitRecord, prep: Prepared) -> dict[str, float]:
 # --------------------------------------------------------------------------------------
 
 
-def site_var(name: str) -> str:
-    """DataTree variable name of a site (DataTree forbids ``/``): ``terminal.kernel.lengthscale``."""
-    return name.replace("/", ".")
-
-
 def posterior_dataset(program: GPProgram, samples: Mapping[str, np.ndarray], output_names: Sequence[str]) -> Any:
-    """``posterior`` group: every free site, dims ``(chain, draw, output[, <site>.feature])``."""
-    import xarray as xr
-
+    """``posterior`` group of a GP: every free site, dims ``(chain, draw, output[, <site>.feature])``."""
     by_site = {h.site: h for h in program.hypers}
-    data_vars, coords = {}, {"output": list(output_names)}
+    dims, coords = {}, {"output": list(output_names)}
     for name, v in samples.items():
-        var = site_var(name)
-        dims = ["chain", "draw", "output"]
-        h = by_site.get(name)
-        for i in range(v.ndim - 3):
-            dim = f"{var}.feature" if (h is not None and h.dim_names and i == 0) else f"{var}_dim_{i}"
-            dims.append(dim)
-            if h is not None and h.dim_names and i == 0:
-                coords[dim] = list(h.dim_names)
-        data_vars[var] = (dims, np.asarray(v))
-    ds = xr.Dataset(data_vars, coords=coords)
-    if samples:
-        c, s = next(iter(samples.values())).shape[:2]
-        ds = ds.assign_coords(chain=np.arange(c), draw=np.arange(s))
-    return ds
+        h, var = by_site.get(name), sites.variable(name)
+        named = h is not None and bool(h.dim_names)
+        dims[name] = ["output", *(f"{var}.feature" if named and i == 0 else f"{var}_dim_{i}" for i in range(v.ndim - 3))]
+        if named and v.ndim > 3:
+            coords[f"{var}.feature"] = list(h.dim_names)
+    return datatree.posterior_dataset(samples, dims, coords)
 
 
 def observation_groups(prep: Prepared, prefix: str, loglik: np.ndarray, y_rep: np.ndarray) -> dict[str, Any]:
     """``observed_data``, ``constant_data``, ``log_likelihood`` (``[C, S, N]``) and ``posterior_predictive``."""
-    import xarray as xr
-
-    obs = f"{site_var(prefix)}.y"
-    n = prep.n
-    base = {"obs": np.arange(n), "output": list(prep.output_names)}
-    c, s = loglik.shape[:2]
-    samp = {"chain": np.arange(c), "draw": np.arange(s)}
-    return {
-        "observed_data": xr.Dataset({obs: (["obs", "output"], prep.raw_y)}, coords=base),
-        "constant_data": xr.Dataset(
-            {f"{site_var(prefix)}.x": (["obs", "input"], prep.raw_x)},
-            coords={"obs": np.arange(n), "input": np.arange(prep.raw_x.shape[1])}),
-        "log_likelihood": xr.Dataset({obs: (["chain", "draw", "obs"], loglik)}, coords={**samp, "obs": np.arange(n)}),
-        "posterior_predictive": xr.Dataset(
-            {obs: (["chain", "draw", "obs", "output"], y_rep)},
-            coords={"chain": np.arange(y_rep.shape[0]), "draw": np.arange(y_rep.shape[1]), **base}),
-    }
+    return datatree.observation_groups(prefix, prep.raw_x, prep.raw_y, loglik, y_rep,
+                                       output_coord=list(prep.output_names))
 
 
 def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
@@ -461,13 +433,9 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     prefix = st.program.site_prefix
     groups: dict[str, Any] = {"posterior": posterior_dataset(st.program, record.samples, prep.output_names)}
     if record.sample_stats is not None:
-        c, s = record.sample_stats["diverging"].shape
-        groups["sample_stats"] = xr.Dataset(
-            {k: (["chain", "draw"], v) for k, v in record.sample_stats.items()},
-            coords={"chain": np.arange(c), "draw": np.arange(s)})
+        groups["sample_stats"] = datatree.sample_stats_dataset(record.sample_stats)
     elif record.method != "fixed":
-        groups["sample_stats"] = xr.Dataset({"lp": (["chain", "draw"], record.log_joint)},
-                                            coords={"chain": [0], "draw": [0]})
+        groups["sample_stats"] = datatree.sample_stats_dataset({"lp": record.log_joint})
     if record.method == "nuts":
         first = next(iter(record.samples.values()))
         c, s = first.shape[:2]

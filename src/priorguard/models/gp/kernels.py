@@ -41,7 +41,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from priorguard.models.gp.features import FEATURES
 from priorguard.models.gp.linalg import circle_embedding, squared_distances
 from priorguard.priors.distributions import Prior
-from priorguard.priors.kernels import KERNEL_PARAMS, CompositeKernel, _KernelBase, default_prior
+from priorguard.priors.kernels import KERNELS, CompositeKernel, _KernelBase, default_prior
+from priorguard.priors import sites
 
 __all__ = ["GPProgram", "Hyper", "KIND_OPS", "Kernel", "KernelLeaf", "KernelNode", "compile_kernel",
            "compile_program"]
@@ -452,7 +453,7 @@ def compile_kernel(kernel: Any, *, feature_names: Sequence[str], site_prefix: st
     """
     if isinstance(kernel, CompositeKernel):
         terms = tuple(
-            compile_kernel(t, feature_names=feature_names, site_prefix=site_prefix, path=f"{path}/terms/{i}")
+            compile_kernel(t, feature_names=feature_names, site_prefix=site_prefix, path=sites.term_path(path, i))
             for i, t in enumerate(kernel.terms)
         )
         return KernelNode(kernel.kind, terms, path)
@@ -462,10 +463,10 @@ def compile_kernel(kernel: Any, *, feature_names: Sequence[str], site_prefix: st
     d = len(dims)
     names = tuple(feature_names[i] for i in dims)
     hypers = []
-    for param in KERNEL_PARAMS[kernel.kind]:
+    for param in KERNELS[kernel.kind].params:
         ard = getattr(kernel, "ard", False)
         shape = (d,) if (param == "lengthscale" and ard) else ()
-        hypers.append(_make_hyper(param, f"{site_prefix}/{path}/{param}", getattr(kernel, param, None), shape, d,
+        hypers.append(_make_hyper(param, sites.kernel_site(site_prefix, path, param), getattr(kernel, param, None), shape, d,
                                   names if shape else ()))
     degree = int(getattr(kernel, "degree", 1))
     return KernelLeaf(kernel.kind, dims, dims == tuple(range(len(feature_names))), degree, tuple(hypers), path)
@@ -479,12 +480,12 @@ def compile_program(kernel: Any, *, noise: Any, mean: str, feature_names: Sequen
     """
     tree = compile_kernel(kernel, feature_names=feature_names, site_prefix=site_prefix)
     dim = len(feature_names)
-    noise_h = _make_hyper("noise", f"{site_prefix}/noise", noise, (), dim)
+    noise_h = _make_hyper("noise", sites.noise_site(site_prefix), noise, (), dim)
     if noise_h.fixed is not None and not noise_h.fixed > 0:
         raise ValueError(f"noise must be > 0, got {noise_h.fixed}")
     mean_h = None
     if mean == "constant":
-        mean_h = _make_hyper("constant", f"{site_prefix}/mean/constant",
+        mean_h = _make_hyper("constant", sites.mean_site(site_prefix),
                              Prior(dist="Normal", params={"loc": 0.0, "scale": 1.0}), (), dim)
     elif mean != "zero":
         raise ValueError(f"mean must be 'zero' or 'constant', got {mean!r}")
