@@ -67,6 +67,10 @@ from priorguard.models.inference import NutsProgram, warn_on_diagnostics
 from priorguard.priors import sites
 from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference
 
+#: Folded into a fit's key for the posterior-predictive draws of its DataTree (the fit's own
+#: use of the key is unchanged).
+PREDICTIVE_STREAM = 0x9C0D
+
 __all__ = ["GPPosterior", "condition_gp", "exact_datatree", "fit_exact_gp", "posterior_from_map"]
 
 
@@ -252,11 +256,13 @@ def fit_exact_gp(
             raise ValueError("use_prior=False is a MAP option; NUTS samples the posterior")
         return _fit_nuts(program, prep, inference, key=key, max_predictive_samples=max_predictive_samples)
     result = fit_map(program, prep, inference, key=key, use_prior=use_prior, init=init)
-    return posterior_from_map(program, prep, result, use_prior=use_prior)
+    return posterior_from_map(program, prep, result, use_prior=use_prior,
+                              predictive_key=jax.random.fold_in(key, PREDICTIVE_STREAM))
 
 
-def posterior_from_map(program: GPProgram, prep: Prepared, result: MapResult, *, use_prior: bool) -> GPPosterior:
-    """Conditions on the MAP point of ``result``."""
+def posterior_from_map(program: GPProgram, prep: Prepared, result: MapResult, *, use_prior: bool,
+                       predictive_key: PRNGKeyArray | None = None) -> GPPosterior:
+    """Conditions on the MAP point of ``result``; ``predictive_key`` keys its DataTree's draws."""
     objective = map_objective(program, prep.num_outputs, use_prior=use_prior)
     values = objective.constrain(jnp.asarray(result.u_flat)) if objective.size else {}
     values = {k: np.asarray(v)[None] for k, v in values.items()}  # [1, O, ...]
@@ -266,6 +272,7 @@ def posterior_from_map(program: GPProgram, prep: Prepared, result: MapResult, *,
         samples={k: v[None] for k, v in values.items()},  # [1, 1, O, ...]
         log_joint=np.asarray([[-result.value]]),
         optimizer={"values": result.values, "evaluations": result.evaluations, "u_flat": result.u_flat},
+        key=predictive_key,
     )
     return _build_posterior(program, prep, theta, np.ones(1), record)
 
@@ -361,7 +368,8 @@ def _fit_nuts(program: GPProgram, prep: Prepared, inference: NutsInference, *, k
         "lp": -stats["potential_energy"].sum(axis=-1),
         "acceptance_rate": stats["accept_prob"].mean(axis=-1),
     }
-    record = FitRecord(method="nuts", samples=samples, log_joint=sample_stats["lp"], sample_stats=sample_stats)
+    record = FitRecord(method="nuts", samples=samples, log_joint=sample_stats["lp"], sample_stats=sample_stats,
+                       key=jax.random.fold_in(key, PREDICTIVE_STREAM))  # the DataTree's draws, from the fit's key
     record.diagnostics.update(_warn_nuts(record, prep))
     flat = {k: v.reshape(c * s, *v.shape[2:]) for k, v in samples.items()}
     total = c * s
@@ -444,11 +452,12 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
         loo = np.asarray(loo_from_theta(st.program)(theta, st.x, st.y, st.y_scale)).reshape(c, s, -1)
     else:
         loo = np.asarray(post.loo_log_density())[None]  # [1, 1, N]
-    draws = post.sample_functions(jax.random.key(0) if record.key is None else record.key, ppc_draws)
+    k_draws, k_noise = jax.random.split(jax.random.key(0) if record.key is None else record.key)
+    draws = post.sample_functions(k_draws, ppc_draws)
     f = np.asarray(draws(jnp.asarray(prep.raw_x)))  # [R, N, O]
     noise_sd = np.sqrt(np.asarray(mixture_moments(st.weights, *exact_components(st, jnp.asarray(prep.raw_x))
                                                   ).aleatoric_var))
-    eps = np.random.default_rng(0).standard_normal(f.shape)
+    eps = np.asarray(jax.random.normal(k_noise, f.shape, jnp.float64))
     groups.update(observation_groups(prep, prefix, loo, (f + eps * noise_sd)[None]))
     dt = xr.DataTree.from_dict(groups)
     dt.attrs.update({"model": "gp", "inference": record.method, "site_prefix": prefix,

@@ -43,7 +43,7 @@ from priorguard._compile import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.evidence import bic, laplace_log_evidence
 from priorguard.models.gp.data import Prepared, prepare_data
-from priorguard.models.gp.exact import GPPosterior, exact_datatree, posterior_from_map
+from priorguard.models.gp.exact import PREDICTIVE_STREAM, GPPosterior, exact_datatree, posterior_from_map
 from priorguard.models.gp.kernels import compile_program
 from priorguard.models.gp.objective import MapObjective, fit_map, map_objective
 from priorguard.models.gp.state import exact_components, mixture_log_density, mixture_moments
@@ -285,19 +285,21 @@ def fit_structure_search(
         result = fit_map(program, prep, inference, key=k)
         # BIC reads log p(y | theta*) off the factor, so it conditions every structure;
         # with Laplace only the structures that enter the average are conditioned (below).
-        posterior = posterior_from_map(program, prep, result, use_prior=True) if search.evidence == "bic" else None
+        predictive_key = jax.random.fold_in(k, PREDICTIVE_STREAM)  # the DataTree's draws, from the fit's key
+        posterior = (posterior_from_map(program, prep, result, use_prior=True, predictive_key=predictive_key)
+                     if search.evidence == "bic" else None)
         log_ev, floored = log_evidence(program, prep, result.u_flat, search.evidence, posterior)
         k_free = sum(int(np.prod(h.shape)) for h in program.free_hypers)
-        rows.append((structure, math.log(prob), log_ev, k_free, floored, posterior, program, result))
+        rows.append((structure, math.log(prob), log_ev, k_free, floored, posterior, program, result, predictive_key))
     log_post = np.asarray([row[1] + row[2] for row in rows])
     log_post = np.where(np.isfinite(log_post), log_post, -np.inf)
     log_post = log_post - np.logaddexp.reduce(log_post)
     order = np.argsort(-log_post, kind="stable")
     fits = []
     for rank, i in enumerate(order):
-        structure, log_prior, log_ev, k_free, floored, posterior, program, result = rows[i]
+        structure, log_prior, log_ev, k_free, floored, posterior, program, result, predictive_key = rows[i]
         if posterior is None and (rank == 0 or math.exp(log_post[i]) >= min_mass):
-            posterior = posterior_from_map(program, prep, result, use_prior=True)
+            posterior = posterior_from_map(program, prep, result, use_prior=True, predictive_key=predictive_key)
         fits.append(StructureFit(structure=structure, expression=structure.expression, log_prior=log_prior,
                                  log_evidence=log_ev, log_posterior=float(log_post[i]),
                                  num_hyperparameters=k_free, floored_eigenvalues=floored, posterior=posterior))

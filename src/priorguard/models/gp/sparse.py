@@ -43,7 +43,7 @@ from priorguard._compile import cached_program, count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.gp.data import Prepared, as_kernel_spec, prepare_data
 from priorguard.models.gp.draws import ExactDrawFn, basis_params
-from priorguard.models.gp.exact import observation_groups, posterior_dataset
+from priorguard.models.gp.exact import PREDICTIVE_STREAM, observation_groups, posterior_dataset
 from priorguard.models.gp.kernels import GPProgram, compile_program
 from priorguard.models.gp.linalg import GPNumericalError, map_unbatched
 from priorguard.models.gp.objective import fit_map, gp_model, initial_unconstrained, map_objective, theta_from_sites
@@ -363,7 +363,8 @@ class SparseGPPosterior(eqx.Module):
         sd = np.sqrt(var + noise)
         ll = np.sum(-0.5 * (np.log(2 * np.pi * sd**2) + ((prep.raw_y - mean) / sd) ** 2), axis=-1)
         draws = max(1, min(ppc_draws, int(1e7 // max(1, mean.size))))
-        y_rep = mean + sd * np.random.default_rng(0).standard_normal((draws, *mean.shape))
+        key = jax.random.key(0) if record.key is None else record.key
+        y_rep = mean + sd * np.asarray(jax.random.normal(key, (draws, *mean.shape), jnp.float64))
         groups = {"posterior": posterior_dataset(self.state.program, record.samples, prep.output_names),
                   "sample_stats": xr.Dataset({"lp": (["chain", "draw"], record.log_joint)},
                                              coords={"chain": [0], "draw": [0]})}
@@ -450,6 +451,7 @@ def fit_sparse_gp(
         log_joint=np.asarray([[float(jnp.sum(elbo)) + log_prior]]),
         optimizer={"losses": np.asarray(losses), "steps": spec.steps, "batch_size": spec.batch_size,
                    "inducing": m, "elbo": np.asarray(elbo), "init": init},
+        key=jax.random.fold_in(key, PREDICTIVE_STREAM),  # the DataTree's draws, from the fit's key
     )
     return SparseGPPosterior(state=state, prep=prep, record=record)
 

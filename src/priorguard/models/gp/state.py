@@ -173,4 +173,5 @@ class FitRecord:
     sample_stats: dict[str, np.ndarray] | None = None  # NUTS: [C, S]
     diagnostics: dict[str, float] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
+    #: the key of the DataTree's posterior-predictive draws (derived from the fit's key; None: key(0))
     key: Any = None
