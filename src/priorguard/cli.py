@@ -197,7 +197,7 @@ def _metrics_table(title: str, rows: list[tuple[str, dict]], keys: list[str]) ->
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "nan" if value != value else f"{value:.3g}"
-    return "" if value is None else str(value)
+    return "n/a" if value is None else str(value)
 
 
 def _table_keys(env_id: str, runs: list[dict]) -> list[str]:
@@ -318,6 +318,11 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
     if rows:
         shown = _table_keys(loaded.env, [metrics for _, metrics in rows])
         out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, shown))
+        for label, metrics in rows:  # what a number in the table cannot say
+            for key in ("veto_calibration_warning", "veto_precision_na", "veto_recall_na"):
+                if metrics.get(key):
+                    err.print(f"[yellow]{label}[/]: {key.removesuffix('_na').replace('_', ' ')}: "
+                              f"{escape(str(metrics[key]))}", highlight=False)
     if failures:
         err.print(f"[red]{failures} run(s) failed[/]; see `priorguard runs {out_dir} --status failed`")
         raise typer.Exit(1)

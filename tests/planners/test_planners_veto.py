@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from planner_worlds import linear_draws
 
+from priorguard.planners.conformal import TIE_MARGIN
 from priorguard.planners import (
     ActionStats,
     ConformalThreshold,
@@ -123,7 +124,8 @@ def test_rules_compose_like_optax_chain():
 def test_make_veto_rule_auto_returns_a_serialisable_record():
     rule, record = make_veto_rule(epistemic_std="auto", value_drop=1.0, kappa=2.0, alpha=0.2,
                                   calibration_stds=np.arange(1.0, 11.0))
-    assert record == ConformalThreshold(threshold=9.0, alpha=0.2, n=10)  # ceil(11 * 0.8) = 9
+    # ceil(11 * 0.8) = 9th score, and TIE_MARGIN above it
+    assert record == ConformalThreshold(threshold=9.0 * (1 + TIE_MARGIN), alpha=0.2, n=10)
     assert ConformalThreshold.from_dict(json.loads(json.dumps(record.to_dict()))) == record
     stats = _stats([[[9.0, 9.0], [0.0, 20.0], [0.0, 0.0]]], [[0.0, 0.0]])
     veto, score = apply_rule(rule, stats)
@@ -164,8 +166,8 @@ def test_disarmed_rule_vetoes_nothing_scores_the_same_and_reuses_the_program():
 
 def test_conformal_threshold_is_the_finite_sample_quantile():
     scores = np.random.default_rng(1).permutation(np.arange(1.0, 20.0))
-    assert conformal_threshold(scores, alpha=0.1).threshold == 18.0  # ceil(20 * 0.9) = 18th
-    assert conformal_threshold(scores, alpha=0.5).threshold == 10.0
+    assert conformal_threshold(scores, alpha=0.1).threshold == pytest.approx(18.0, rel=2e-9)  # ceil(20 * 0.9) = 18th
+    assert conformal_threshold(scores, alpha=0.5).threshold == pytest.approx(10.0, rel=2e-9)
     small = conformal_threshold([1.0, 2.0, 3.0], alpha=0.1)  # ceil(4 * 0.9) = 4 > 3
     assert math.isinf(small.threshold) and small.to_dict()["threshold"] == "inf"
     assert math.isinf(ConformalThreshold.from_dict(small.to_dict()).threshold)
@@ -173,6 +175,16 @@ def test_conformal_threshold_is_the_finite_sample_quantile():
         conformal_threshold(scores, alpha=1.5)
     with pytest.raises(ValueError):
         conformal_threshold([1.0, np.nan], alpha=0.1)
+
+
+def test_scores_tied_with_the_threshold_are_not_vetoed_however_they_round():
+    # a grid cell scored at 40 decisions: the threshold lands on its score, and the planner's own
+    # arithmetic may round it an ulp higher; a tie is not a veto either way
+    tied = 1.325040342871961
+    scores = np.concatenate([np.linspace(0.1, 1.0, 60), np.full(40, tied)])
+    t = conformal_threshold(scores, alpha=0.05).threshold
+    assert t > np.nextafter(tied, np.inf) and t < tied * (1 + 1e-8)
+    assert not np.nextafter(tied, np.inf) > t  # the ulp-higher copy stays unvetoed
 
 
 def test_conformal_false_veto_rate_is_at_most_alpha_in_distribution():

@@ -78,6 +78,8 @@ class EnvInfo:
         description: One line on what the environment tests.
         outcome_flags: Outcomes the environment reports in ``info`` beyond value and
             catastrophe (see `OutcomeFlag`).
+        has_catastrophes: Whether any state is catastrophic (False: veto precision and
+            recall have nothing to measure).
     """
 
     env_id: str
@@ -93,6 +95,7 @@ class EnvInfo:
     splits: tuple[str, ...] = SPLITS
     description: str = ""
     outcome_flags: tuple[OutcomeFlag, ...] = ()
+    has_catastrophes: bool = True
 
     @property
     def num_features(self) -> int:
@@ -329,6 +332,8 @@ class Dynamics(abc.ABC):
     step_noise_size: ClassVar[int] = 0
     #: Outcomes reported in ``info`` beyond value and catastrophe (see `outcomes`); runs report their rates.
     outcome_flags: ClassVar[tuple[OutcomeFlag, ...]] = ()
+    #: Whether any state is catastrophic (`catastrophe` is False everywhere otherwise).
+    has_catastrophes: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -389,6 +394,7 @@ class Dynamics(abc.ABC):
             version=self.version,
             description=self.description,
             outcome_flags=self.outcome_flags,
+            has_catastrophes=self.has_catastrophes,
         )
 
     # --- ground truth ----------------------------------------------------------------

@@ -58,6 +58,7 @@ class CoinShiftDynamics(Dynamics):
     action_names: ClassVar[tuple[str, ...]] = ("left", "stay", "right")
     reset_noise_size: ClassVar[int] = 2
     sample_noise_size: ClassVar[int] = 2
+    has_catastrophes: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

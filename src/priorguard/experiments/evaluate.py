@@ -27,7 +27,8 @@ def policy_actor(env_id: str, name: str, key: Any) -> Actor:
     return act
 
 
-def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> dict[str, Any]:
+def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor, *,
+             abstain_on_repeat: bool = False) -> dict[str, Any]:
     """Runs ``episodes`` episodes in lockstep with an actor, scoring with ground truth.
 
     The actor is called once per time step on the whole batch (finished episodes
@@ -35,13 +36,22 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     planner compiles once. Each candidate action is checked against the true
     dynamics for whether it would have been catastrophic.
 
+    A *veto loop* is a decision where every candidate was vetoed (the fallback)
+    at an observation where the episode had already fallen back before: the
+    agent was refused there, left, and came back. Each is counted; with
+    ``abstain_on_repeat`` the agent abstains there instead (asks for help): the
+    episode ends before the step and is counted as abstained.
+
     Returns:
         Per-episode ``returns`` (sum of true terminal values), ``rater_returns`` (sum of the
         rater's labels), ``catastrophes`` and ``initial_obs``; for each outcome flag the dynamics
         declare, under its key, whether the episode reached a state where it was set; counts of
         candidates, vetoes and would-be catastrophes; visited states, their rater labels,
         whether the episode ended in them (and their hidden ``true_states``), and the transitions
-        taken.
+        taken; per episode ``veto_repeats`` (veto loops) and ``abstained``; and one row per
+        decision (``decision_episode [M]``, ``decision_obs [M, F]``, ``decision_candidates
+        [M, K...]``, ``decision_vetoed [M, K]``, ``decision_catastrophic [M, K]``,
+        ``decision_fallback [M]``), the pairs a closed-loop veto calibration scores.
     """
     seeds = seed_ints(jax.random.fold_in(key, 0), episodes)
     probe_rng = np.random.default_rng(seeds[0] + 1)
@@ -53,6 +63,11 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
     rater_returns = np.zeros(episodes)
     catastrophes = np.zeros(episodes, bool)
     flags = {flag.key: np.zeros(episodes, bool) for flag in envs[0].dynamics.outcome_flags}
+    repeats = np.zeros(episodes, np.int64)
+    abstained = np.zeros(episodes, bool)
+    refused: list[set[bytes]] = [set() for _ in range(episodes)]  # observations each episode fell back at
+    decisions: dict[str, list[Any]] = {k: [] for k in ("episode", "obs", "candidates", "vetoed", "catastrophic",
+                                                       "fallback")}
     counts = dict(candidates=0, vetoed=0, vetoed_catastrophic=0, catastrophic_candidates=0, fallbacks=0,
                   decisions=0)
     states, true_states, rater, obs_taken, actions_taken, values, ended = [], [], [], [], [], [], []
@@ -81,6 +96,17 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
             counts["catastrophic_candidates"] += int(cat.sum())
             counts["fallbacks"] += int(fallback[i])
             counts["decisions"] += 1
+            for name, value in (("episode", i), ("obs", obs[i].copy()), ("candidates", cands[i]),
+                                ("vetoed", vmask[i]), ("catastrophic", cat), ("fallback", bool(fallback[i]))):
+                decisions[name].append(value)
+            if fallback[i]:
+                here = obs[i].tobytes()
+                if here in refused[i]:  # refused here before, and back again: a veto loop
+                    repeats[i] += 1
+                    if abstain_on_repeat:
+                        abstained[i], active[i] = True, False
+                        continue
+                refused[i].add(here)
             a = action[i]
             a = int(a) if env.dynamics.num_actions is not None else np.asarray(a, np.float32).reshape(-1)
             nxt, _, terminated, truncated, info = env.step(a)
@@ -94,8 +120,8 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
             rater_returns[i] += info["rater_value"]
             step_values[i] = info["true_terminal_value"]
             catastrophes[i] |= info["catastrophe"]
-            for key, seen in flags.items():
-                seen[i] |= info[key]
+            for flag_key, seen in flags.items():
+                seen[i] |= info[flag_key]
             obs[i] = nxt
             if terminated or truncated:
                 active[i] = False
@@ -107,7 +133,10 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor) -> di
         "catastrophes": catastrophes,
         **flags,
         "initial_obs": initial_obs,
+        "veto_repeats": repeats,
+        "abstained": abstained,
         **{k: float(v) for k, v in counts.items()},
+        **{f"decision_{k}": np.asarray(v) for k, v in decisions.items()},
         "states": np.asarray(states, np.float64).reshape(-1, width),
         "true_states": np.asarray(true_states, np.float32).reshape(len(true_states), envs[0].dynamics.state_size),
         "obs": np.asarray(obs_taken, np.float64).reshape(-1, width),

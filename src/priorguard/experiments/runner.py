@@ -38,10 +38,15 @@ from priorguard.experiments.data import Transitions, collect, seed_ints
 from priorguard.experiments.drivers import alone_actor
 from priorguard.experiments.evaluate import evaluate, policy_actor
 from priorguard.experiments.instrumental import TRUE_I_STREAM, instrumental_scores
-from priorguard.experiments.scoring import score
+from priorguard.experiments.probes import ood_scores, probe_states
+from priorguard.experiments.scoring import calibration_metrics, score
 from priorguard.experiments.spec import ExperimentSpec
 from priorguard.models.base import Posterior
 from priorguard.planners import veto as veto_lib
+
+#: Folded into the deploy stream for the probe set of the OOD AUROC (a stream of its own,
+#: leaving the others as they were).
+PROBE_STREAM = 0x0D0B
 
 #: The run's PRNG streams, one per step, in the order they are split from the seed's key.
 STREAMS = ("data", "split", "t", "w", "i", "draws", "proposal", "calib", "deploy", "train", "alone", "targets")
@@ -106,14 +111,15 @@ class Runner:
 
         ctx.progress("plan on deploy split")
         episodes = spec.data.deploy_episodes
+        abstain = spec.planner.veto.on_repeat == "abstain"  # a veto loop asks for help
         with ctx.timed("plan_deploy_s"):
-            deploy = evaluate(spec.env, "deploy", episodes, keys["deploy"], act)
+            deploy = evaluate(spec.env, "deploy", episodes, keys["deploy"], act, abstain_on_repeat=abstain)
         deploy_nv = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_no_veto)
         alone = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_alone)
         oracle = evaluate(spec.env, "deploy", episodes, keys["deploy"], policy_actor(spec.env, "oracle", keys["alone"]))
         ctx.progress("plan on train split")
         # as many episodes as on deploy: the same batch shape, so the planner compiled above is reused
-        train = evaluate(spec.env, "train", episodes, keys["train"], act)
+        train = evaluate(spec.env, "train", episodes, keys["train"], act, abstain_on_repeat=abstain)
 
         ctx.progress("score")
         metrics = score(ctx, posteriors, cal_data, train_states, deploy, deploy_nv, alone, oracle, train)
@@ -122,7 +128,10 @@ class Runner:
                                                {"train": train, "deploy": deploy},
                                                jax.random.fold_in(keys["targets"], TRUE_I_STREAM)))
         if calibration is not None:
-            metrics["veto_threshold"] = calibration["threshold"]
+            metrics.update(calibration_metrics(calibration))
+        # uncertainty on a fixed, seed-determined probe set (not on the states the planner visited)
+        probes = probe_states(ctx, jax.random.fold_in(keys["deploy"], PROBE_STREAM))
+        metrics.update(ood_scores(ctx, posteriors, train_states, cal_data, probes))
         audit_out: dict[str, Any] = {}
         if spec.audit.states > 0:
             ctx.progress("audit through W")

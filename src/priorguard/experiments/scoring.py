@@ -65,12 +65,7 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
         m[f"regret_{tag}"] = subset_regret(deploy["returns"], oracle["returns"], mask)
         m[f"no_veto_regret_{tag}"] = subset_regret(deploy_nv["returns"], oracle["returns"], mask)
         m[f"proposal_alone_regret_{tag}"] = subset_regret(alone["returns"], oracle["returns"], mask)
-    m["veto_rate"] = _ratio(deploy["vetoed"], deploy["candidates"])
-    m["fallback_rate"] = _ratio(deploy["fallbacks"], deploy["decisions"])
-    m["veto_precision"] = _ratio(deploy["vetoed_catastrophic"], deploy["vetoed"])
-    m["veto_recall"] = _ratio(deploy["vetoed_catastrophic"], deploy["catastrophic_candidates"])
-    m["train_false_veto_rate"] = _ratio(train["vetoed"] - train["vetoed_catastrophic"],
-                                        train["candidates"] - train["catastrophic_candidates"])
+    m.update(veto_scores(ctx.info, ctx.spec.planner.veto, deploy, train))
     # calibration of T on held-out train states and on the states the agent met on deploy
     t_post = posteriors["terminal"]
     cal_states = cal.next_obs
@@ -171,3 +166,62 @@ def subset_regret(returns: np.ndarray, oracle_returns: np.ndarray, mask: np.ndar
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 
+
+
+def veto_scores(info: Any, veto: Any, deploy: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """What the veto did: rates, quality against ground truth, loops, and the train-split guarantee.
+
+    ``veto_precision`` / ``veto_recall`` are null with a ``<name>_na`` reason where there is
+    nothing to measure (an environment without catastrophes, no vetoes, no catastrophic
+    candidate). ``veto_benign_rate`` is the fraction of the deploy candidates that would not
+    have been catastrophic and were vetoed (novel but harmless). ``train_false_veto_bound``
+    is ``alpha`` plus the binomial 95% margin for the number of benign train candidates: a
+    calibrated veto's ``train_false_veto_rate`` lies below it but 1 time in 20.
+    ``veto_loop_rate`` is the fraction of deploy episodes with a veto loop (every candidate
+    vetoed again where the episode had been refused before), ``abstain_rate`` the fraction
+    that asked for help there (``planner.veto.on_repeat = "abstain"``).
+    """
+    from scipy.stats import binom
+
+    m: dict[str, Any] = {}
+    m["veto_rate"] = _ratio(deploy["vetoed"], deploy["candidates"])
+    m["fallback_rate"] = _ratio(deploy["fallbacks"], deploy["decisions"])
+    for name, num, den, empty in (
+            ("veto_precision", deploy["vetoed_catastrophic"], deploy["vetoed"], "no action was vetoed on deploy"),
+            ("veto_recall", deploy["vetoed_catastrophic"], deploy["catastrophic_candidates"],
+             "no candidate action on deploy would have been catastrophic")):
+        if not info.has_catastrophes:
+            m[name], m[f"{name}_na"] = None, f"{info.env_id} has no catastrophic states"
+        elif den == 0:
+            m[name], m[f"{name}_na"] = None, empty
+        else:
+            m[name] = _ratio(num, den)
+    m["veto_benign_rate"] = _ratio(deploy["vetoed"] - deploy["vetoed_catastrophic"],
+                                   deploy["candidates"] - deploy["catastrophic_candidates"])
+    benign = train["candidates"] - train["catastrophic_candidates"]
+    m["train_false_veto_rate"] = _ratio(train["vetoed"] - train["vetoed_catastrophic"], benign)
+    if veto.enabled and train["decisions"] > 0:
+        # the margin for the number of decisions, not of candidates: one decision's candidates
+        # (and one episode's decisions) share a state and are not independent draws
+        n = int(train["decisions"])
+        m["train_false_veto_bound"] = float(binom.ppf(0.95, n, veto.alpha) / n)
+    m["veto_loop_rate"] = float(np.mean(deploy["veto_repeats"] > 0))
+    m["veto_loops"] = int(np.sum(deploy["veto_repeats"]))
+    m["abstain_rate"] = float(np.mean(deploy["abstained"]))
+    return m
+
+
+def calibration_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The veto threshold and its calibration set's size; a warning where it is too small to ever veto."""
+    m: dict[str, Any] = {"veto_threshold": record["threshold"]}
+    if record.get("method") != "split-conformal":
+        return m
+    if "value_drop" in record.get("rules", {}):
+        m["value_drop_threshold"] = record["rules"]["value_drop"]["threshold"]
+    m["veto_calibration_n"] = record["n"]
+    m["veto_calibration_needed"] = record["needed"]
+    if record["n"] < record["needed"]:
+        m["veto_calibration_warning"] = (
+            f"{record['n']} calibration scores are too few for alpha = {record['alpha']}: the veto can never fire"
+            f" (needs >= {record['needed']}; more data.deploy_episodes or a larger alpha)")
+    return m

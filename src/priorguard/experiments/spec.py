@@ -94,24 +94,39 @@ class VetoSpec(_Strict):
     #: split-conformal prediction so the in-distribution false-veto rate is <= alpha.
     epistemic_std: Annotated[Union[float, Literal["auto"]], Field(union_mode="left_to_right")] | None = "auto"
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
-    #: Which held-out states "auto" calibrates on: "distinct" -- each held-out episode's
-    #: states once each (how long a policy dwells in a state does not weight the
-    #: threshold), or "visits" -- every step, repeats included.
-    calibrate_on: Literal["distinct", "visits"] = "distinct"
+    #: What "auto" calibrates on: "decisions" -- the planner's own decisions on fresh
+    #: train-split episodes in closed loop (every candidate it checks; the false-veto
+    #: guarantee is about the decisions it makes); or the behaviour policy's held-out
+    #: episodes: "distinct" -- each episode's states once each, "visits" -- every step.
+    calibrate_on: Literal["decisions", "distinct", "visits"] = "decisions"
+    #: When every candidate is vetoed at an observation where the episode fell back
+    #: before (a veto loop): "abstain" -- ask for help (the episode ends there, counted
+    #: in abstain_rate), or "fallback" -- take the fallback again.
+    on_repeat: Literal["abstain", "fallback"] = "abstain"
     #: Veto when the predicted value falls below the current state's by more than this.
-    value_drop: float | None = Field(default=None, gt=0.0)
+    #: "auto" calibrates it as the epistemic threshold is (closed loop, on the planner's
+    #: own decisions; with both "auto", each at alpha / 2, so together at most alpha). A
+    #: fixed number carries no false-veto guarantee.
+    value_drop: Annotated[Union[float, Literal["auto"]], Field(union_mode="left_to_right")] | None = None
     #: Action taken when every candidate is vetoed: an action index (discrete)
     #: or an action vector (continuous).
     fallback: int | list[float] = 0
     #: Further rules, by registered name, chained after the built-in ones (None: none).
     rules: list[VetoRuleSpec] | None = None
 
-    @field_validator("epistemic_std")
+    @field_validator("epistemic_std", "value_drop")
     @classmethod
     def _positive_threshold(cls, v: Any) -> Any:
         if isinstance(v, float | int) and not v > 0:
             raise _fail("range", f"must be > 0 or \"auto\", got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _auto_drop_in_closed_loop(self) -> VetoSpec:
+        if self.value_drop == "auto" and self.calibrate_on != "decisions":
+            raise _fail("calibrate_on", 'value_drop = "auto" is calibrated on the planner\'s own decisions:'
+                        ' it needs calibrate_on = "decisions"', param="value_drop")
+        return self
 
     @field_validator("fallback")
     @classmethod

@@ -22,7 +22,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from priorguard._compile import shape_bucket
 from priorguard.planners.worlds import PlanningModels, action_stats
 
-__all__ = ["ConformalThreshold", "calibration_scores", "conformal_threshold"]
+__all__ = ["TIE_MARGIN", "ConformalThreshold", "calibration_scores", "conformal_threshold"]
+
+#: Relative margin above the k-th calibration score: scores that tie with it (the same state
+#: scored again) stay unvetoed however the planner's floating point rounds them.
+TIE_MARGIN = 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ def conformal_threshold(scores: Any, *, alpha: float) -> ConformalThreshold:
 
     With n calibration scores (epistemic stds of held-out train-split
     (state, action) pairs) the threshold is the ``k = ceil((n + 1)(1 - alpha))``-th
-    smallest score. For a fresh pair exchangeable with the calibration pairs,
+    smallest score (plus :data:`TIE_MARGIN`, relative, so scores tied with it stay unvetoed). For a fresh pair exchangeable with the calibration pairs,
     ``P(std > threshold) <= alpha``. When ``k > n`` no finite threshold has
     that guarantee and the threshold is ``inf``.
 
@@ -68,7 +72,7 @@ def conformal_threshold(scores: Any, *, alpha: float) -> ConformalThreshold:
         A :class:`ConformalThreshold`.
 
     Example:
-        >>> conformal_threshold(list(range(1, 20)), alpha=0.1).threshold
+        >>> round(conformal_threshold(list(range(1, 20)), alpha=0.1).threshold, 6)
         18.0
     """
     if not 0.0 < alpha < 1.0:
@@ -80,7 +84,10 @@ def conformal_threshold(scores: Any, *, alpha: float) -> ConformalThreshold:
     if n == 0:
         raise ValueError("conformal calibration needs at least one score")
     k = math.ceil((n + 1) * (1.0 - alpha) - 1e-12)
-    threshold = float(values[k - 1]) if k <= n else math.inf
+    # A score equal to the threshold is not vetoed. Where a state recurs (a grid cell) many
+    # scores tie with the k-th, and a planner's own arithmetic (another batch shape) can put
+    # them an ulp above it: then all of them are vetoed. TIE_MARGIN keeps ties on the safe side.
+    threshold = float(values[k - 1]) + TIE_MARGIN * max(1.0, abs(float(values[k - 1]))) if k <= n else math.inf
     return ConformalThreshold(threshold=threshold, alpha=float(alpha), n=int(n))
 
 
