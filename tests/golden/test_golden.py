@@ -1,8 +1,9 @@
 """What every shipped experiment computes is pinned: golden metrics of `priorguard run`.
 
-The files under tiny/ and full/ were written by record.py (beside this file) before the
-redesign moved any code; a behaviour change made on purpose records them again in its
-own commit. tests/cli/test_shipped_experiments.py compares each experiment's tiny run at
+The files under tiny/ and full/ were written by record.py (beside this file): before the
+redesign moved any code (which then left every number as it was), and again for the
+closed-loop veto calibration, a behaviour change on purpose. Any such change records them
+again in its own commit, saying why. tests/cli/test_shipped_experiments.py compares each experiment's tiny run at
 seed 0 (the run it makes anyway); here the flagship's second seed, and every shipped size
 behind the ``slow`` marker.
 """
