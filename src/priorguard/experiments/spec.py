@@ -67,6 +67,14 @@ class DataSpec(_Strict):
     rater_noise: float = Field(default=0.0, ge=0.0)
 
 
+def _one_of_registered(value: str, names: list[str], what: str, error: str) -> str:
+    """``value`` if it is a registered name, else a spec error naming the closest and the registered ones."""
+    if value not in names:
+        raise _fail(error, f"no {what} {value!r} is registered{did_you_mean(value, names)}; registered:"
+                    f" {', '.join(names)} (a module that registers one must be imported before the spec is loaded)")
+    return value
+
+
 class VetoRuleSpec(_Strict):
     """A veto rule registered by name (:func:`priorguard.planners.register_veto_rule`), e.g. from a user's module."""
 
@@ -79,11 +87,7 @@ class VetoRuleSpec(_Strict):
     def _registered(cls, v: str) -> str:
         from priorguard.planners.veto import veto_rule_names  # lazy: only specs that name a rule pay for JAX
 
-        names = veto_rule_names()
-        if v not in names:
-            raise _fail("unknown_rule", f"no veto rule {v!r} is registered{did_you_mean(v, names)}; registered:"
-                        f" {', '.join(names)} (a rule's module must be imported before the spec is loaded)")
-        return v
+        return _one_of_registered(v, veto_rule_names(), "veto rule", "unknown_rule")
 
 
 class VetoSpec(_Strict):
@@ -191,11 +195,7 @@ class PlannerSpec(_Strict):
     def _registered_kind(cls, v: str) -> str:
         from priorguard.experiments.drivers import planner_kinds
 
-        kinds = planner_kinds()
-        if v not in kinds:
-            raise _fail("unknown_planner", f"unknown planner kind {v!r}{did_you_mean(v, kinds)}; registered:"
-                        f" {', '.join(kinds)}")
-        return v
+        return _one_of_registered(v, list(planner_kinds()), "planner kind", "unknown_planner")
 
 
 class AuditSpec(_Strict):
