@@ -20,6 +20,7 @@ conformal prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -124,12 +125,19 @@ def closed_loop(ctx: RunContext, models: PlanningModels, proposal: Any, params: 
         scores = {name: np.asarray(values)[harmless] for name, values in
                   zip(("epistemic_std", "value_drop"), decision_scores(models, ev, discount=ctx.discount))}
         thresholds = {name: conformal.conformal_threshold(scores[name], alpha=level) for name, level in levels.items()}
-        # a failsafe tolerates no negative drop (a higher threshold only vetoes less: the bound holds)
-        current.update({name: max(t.threshold, 0.0) if name == "value_drop" else t.threshold
+        # This round played at the previous round's threshold; its quantile is about that process.
+        # Deploying a threshold below the one the round played at changes the process (a planner
+        # refused one step more can dwell at the edge of what it knows, refused at every decision
+        # there: coin-shift's coin_dx prior, 0.32 false vetoes); at or above it, this round's
+        # guarantee holds, since a higher threshold only vetoes less. So the larger of the two.
+        # A failsafe also tolerates no negative drop.
+        floor = {name: (current[name] if r > 0 else -math.inf) for name in thresholds}
+        current.update({name: max(t.threshold, floor[name], 0.0 if name == "value_drop" else -math.inf)
                         for name, t in thresholds.items()})
         rule = make(**current)
         rounds.append({"decisions": int(len(ev["decision_episode"])),
                        **{name: t.to_dict()["threshold"] for name, t in thresholds.items()}})
+    thresholds = {name: dataclasses.replace(t, threshold=current[name]) for name, t in thresholds.items()}
     first = thresholds.get("epistemic_std", next(iter(thresholds.values())))
     record = {**first.to_dict(), "alpha": veto.alpha, "method": "split-conformal", "calibrate_on": "decisions",
               "rounds": rounds, "rules": {name: t.to_dict() for name, t in thresholds.items()},
