@@ -33,7 +33,8 @@ from priorguard.planners import (
     value_drop_veto,
 )
 
-finite = st.floats(-1e6, 1e6, allow_nan=False, width=64)
+# no subnormals: XLA on the CPU flushes them to zero, so inside jit a subnormal ties with 0.0
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False, width=64)
 
 
 @st.composite
