@@ -53,7 +53,8 @@ def ood_scores(ctx: RunContext, posteriors: dict[str, Posterior], train_states: 
         if spec is None or role not in posteriors:
             continue
         cols = np.asarray(role_inputs(spec, ctx.features))
-        seen = {row.tobytes() for row in np.ascontiguousarray(train_states[:, cols])}
+        # one dtype on both sides: a float32 row's bytes never equal the same float64 row's
+        seen = {row.tobytes() for row in np.ascontiguousarray(train_states[:, cols], dtype=np.float64)}
         unique = np.unique(probes[:, cols], axis=0)
         novel = np.asarray([row for row in unique if row.tobytes() not in seen]).reshape(-1, len(cols))
         reference = np.unique(cal.next_obs[:, cols].astype(np.float64), axis=0)

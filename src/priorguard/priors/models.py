@@ -55,7 +55,12 @@ class SviInference(_Strict):
 
 
 class EnsembleInference(_Strict):
-    """Deep ensemble of MAP fits from independent initialisations (a baseline)."""
+    """Deep ensemble: MAP fits from independent draws of the prior as initialisations.
+
+    The BNN default. Mean-field SVI is overconfident away from the data (its epistemic
+    std barely grows there; docs/priors.md, "Which BNN inference"); an ensemble's
+    members agree where the data pin them and disagree where they do not.
+    """
 
     method: Literal["ensemble"]
     members: int = Field(default=5, ge=2, le=256)
@@ -201,7 +206,7 @@ class BNNModel(_ModelBase):
     bias: ParamValue = Field(default_factory=lambda: Prior(dist="Normal", params={"loc": 0.0, "scale": 1.0}))
     simplicity: Sparsity | None = None
     speed: DepthSpeedPrior | None = None
-    inference: Inference = Field(default_factory=lambda: SviInference(method="svi"))
+    inference: Inference = Field(default_factory=lambda: EnsembleInference(method="ensemble"))
 
     @model_validator(mode="after")
     def _check(self) -> BNNModel:
