@@ -352,6 +352,85 @@ def _run_here(loaded, task, store, on_event, progress) -> None:
 
 
 @app.command()
+def trace(
+    spec: Annotated[str, typer.Argument(help="Spec file (TOML) or shipped experiment name.")],
+    seed: Annotated[int, typer.Option("--seed", help="The run's seed.")] = 0,
+    point: Annotated[int, typer.Option("--point", min=0, help="Which sweep point (0: the first).")] = 0,
+    episode: Annotated[int, typer.Option("--episode", min=0, help="Which episode of the batch.")] = 0,
+    split: Annotated[str, typer.Option("--split", help="deploy | train")] = "deploy",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value (after the point).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write the trace here (JSON) and a figure beside it (.png).")] = None,
+    feature: Annotated[str | None, typer.Option("--feature", help="The feature the figure's top panel shows.")] = None,
+) -> None:
+    """The anatomy of a decision: one episode of a run, decision by decision (A's proposals, W's
+    predicted states, T and I there across sampled worlds, the veto, the search, the choice)."""
+    from priorguard._runtime import configure
+
+    loaded = _load(spec)
+    points = list(loaded.sweep_points())
+    if point >= len(points):
+        _fail(f"--point must be in 0 .. {len(points) - 1} (the sweep has {len(points)} point(s)), got {point}")
+    if split not in ("deploy", "train"):
+        _fail(f"--split must be 'deploy' or 'train', got {split!r}")
+    base = loaded.model_copy(update={"sweep": {}})
+    try:
+        resolved = base.with_overrides(points[point]) if points[point] else base
+        if set_:
+            from priorguard.experiments import parse_override
+
+            resolved = resolved.with_overrides(dict(parse_override(o) for o in set_), source=spec)
+    except SpecError as e:
+        _spec_fail(e)
+    if episode >= resolved.data.deploy_episodes:
+        _fail(f"--episode must be in 0 .. {resolved.data.deploy_episodes - 1} (data.deploy_episodes), got {episode}")
+    if feature is not None:
+        from priorguard.envs import env_info
+
+        names = list(env_info(resolved.env).feature_names)
+        if feature not in names:
+            _fail(f"--feature {feature!r} is not a feature of {resolved.env}; allowed: {', '.join(names)}")
+    if out_path is not None and not out_path.parent.exists():
+        _fail(f"--out: the folder {out_path.parent} does not exist")
+    configure()
+    from priorguard.experiments.trace import plot_trace, trace_episode
+
+    tr = trace_episode(resolved, seed, split=split, episode=episode)
+    _print_trace(tr)
+    if out_path is not None:
+        out_path.write_text(json.dumps(tr, indent=1))
+        drawn = tr["action_names"] is not None and bool(tr["decisions"])
+        if drawn:
+            plot_trace(tr, out_path.with_suffix(".png"), feature=feature)
+        out.print(f"wrote {out_path}" + (f" and {out_path.with_suffix('.png')}" if drawn else ""), highlight=False)
+
+
+def _print_trace(tr: dict) -> None:
+    names = tr["action_names"]
+    t = Table(title=f"{tr['experiment']} seed {tr['seed']}: {tr['split']} episode {tr['episode']}, "
+                    f"return {tr['return']:.3g}; veto threshold {_fmt(tr['threshold'])}")
+    t.add_column("t", justify="right")
+    t.add_column("features")
+    if names is not None:
+        for name in names:
+            t.add_column(f"{name}: A / T±sd / V±sd", justify="right")
+    t.add_column("taken")
+    for d in tr["decisions"]:
+        cells = [str(d["t"]), " ".join(f"{v:.3g}" for v in d["obs"])]
+        if names is not None:
+            for a in range(len(names)):
+                mark = " [red]vetoed[/]" if d["vetoed"][a] else ""
+                cells.append(f"{d['a_prob'][a]:.2f} / {d['t_mean'][a]:.2f}±{d['t_std'][a]:.2f} / "
+                             f"{d['value_mean'][a]:.2f}±{d['value_std'][a]:.2f}{mark}")
+        action = d["action"]
+        flat = action if isinstance(action, list) else [action]
+        taken = names[int(action)] if names is not None else " ".join(f"{v:.3g}" for v in flat)
+        cells.append(taken + (" (fallback)" if d["fallback"] else ""))
+        t.add_row(*cells)
+    out.print(t)
+    out.print(f"features: {' '.join(tr['features'])}", highlight=False)
+
+
+@app.command()
 def runs(
     store_dir: Annotated[Path, typer.Argument(help="Result store folder.")] = Path("runs"),
     experiment: Annotated[str | None, typer.Option("--experiment", help="Only this experiment.")] = None,

@@ -198,3 +198,21 @@ def test_intervals_of_rates_stay_in_zero_one_and_others_do_not():
     assert hi_r > 1.0 and lo_r < 0.0
     assert all(is_unit_metric(k) for k in ("veto_recall", "deploy_in_range_fraction", "terminal_epistemic_auroc"))
     assert not any(is_unit_metric(k) for k in ("rater_gap", "deploy_return", "regret_in_range"))
+
+
+def test_report_shows_the_veto_promise_per_run(tmp_path):
+    """Each run's train false-veto rate beside its bound, and whether it held (one run breaks it)."""
+    store = ResultStore(tmp_path / "store")
+    fill(store, {"rbf": [0.5, 0.6]}, extra={"train_false_veto_rate": 0.02, "train_false_veto_bound": 0.07,
+                                             "veto_loops": 0, "terminal_ood_auroc": 1.0})
+    fill(store, {"linear": [0.5]}, extra={"train_false_veto_rate": 0.09, "train_false_veto_bound": 0.07,
+                                          "veto_loops": 3, "terminal_ood_auroc": None})
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    section = text.split("## The veto's promise, per run", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| exp |")]
+    assert len(rows) == 3
+    cells = [[c.strip() for c in r.split("|")[1:-1]] for r in rows]
+    by_point = {(c[1], c[2]): c for c in cells}
+    assert by_point[("kernel.kind=rbf", "0")][3:6] == ["0.020", "0.070", "yes"]
+    assert by_point[("kernel.kind=linear", "0")][3:9] == ["0.090", "0.070", "**no**", "0.1", "3", "n/a"]

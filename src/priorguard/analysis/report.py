@@ -247,6 +247,7 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         rows.append([p.experiment, p.label, str(len(p.seeds)), *(_fmt(*p.stat(k)) for k, _ in table_keys),
                      _fmt(*mean_interval(p.loo)), _fmt(*mean_interval(p.loso))])
     loo_rank, deploy_rank = _ranks(points, cv)
+    veto_head, veto_rows = _veto_promise(store)
     diag_head = ["experiment", "sweep point", *DIAG_KEYS]
     diag_rows = [[p.experiment, p.label, *(_fmt(*p.stat(k)) for k in DIAG_KEYS)] for p in points]
 
@@ -254,7 +255,9 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
           f"{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
           "Intervals are 90% Student-t intervals over seeds.", "", "## Metrics", "",
           _md_table(head, rows), "", "## Does in-distribution cross-validation rank priors the way deployment does?",
-          "", CV_NOTE, "", _rank_sentence(points, loo_rank, deploy_rank, cv, cv_name), "", "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
+          "", CV_NOTE, "", _rank_sentence(points, loo_rank, deploy_rank, cv, cv_name), "",
+          "## The veto's promise, per run", "", VETO_NOTE, "", _md_table(veto_head, veto_rows), "",
+          "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
     for name, title in plots.items():
         md += [f"## {title}", "", f"![{title}]({name})", ""]
     (out / "index.md").write_text("\n".join(md), encoding="utf-8")
@@ -265,6 +268,8 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
             "<h2>Does in-distribution cross-validation rank priors the way deployment does?</h2>",
             f"<p>{html.escape(CV_NOTE)}</p>",
             f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank, cv, cv_name))}</p>",
+            "<h2>The veto's promise, per run</h2>", f"<p>{html.escape(VETO_NOTE)}</p>",
+            _html_table(veto_head, veto_rows),
             "<h2>Diagnostics</h2>", _html_table(diag_head, diag_rows)]
     for name, title in plots.items():
         data = base64.b64encode((out / name).read_bytes()).decode()
@@ -275,6 +280,36 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
             + "\n".join(body) + "</body></html>")
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
+
+
+VETO_NOTE = ("The calibrated veto promises that on the train split at most alpha of the planner's own decisions "
+             "are refused (docs/priors.md, 'What the calibrated veto guarantees'). Each run's false-veto rate "
+             "is shown against its bound (alpha plus a binomial 95% margin for its number of decisions); "
+             "'held' says whether the rate is within it. Loops count decisions refused again at a state the "
+             "episode had been refused at before.")
+
+
+def _veto_promise(store: ResultStore) -> tuple[list[str], list[list[str]]]:
+    """One row per finished run with a calibrated veto: false-veto rate, bound, whether it held."""
+    head = ["experiment", "sweep point", "seed", "false vetoes (train)", "bound", "held", "veto rate (deploy)",
+            "veto loops", "T OOD AUROC"]
+    rows = []
+    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, _label(r.overrides), r.seed)):
+        m = rec.metrics or {}
+        rate, bound = m.get("train_false_veto_rate"), m.get("train_false_veto_bound")
+        if rate is None or bound is None:
+            continue
+        held = "yes" if rate <= bound else "**no**"
+        rows.append([rec.experiment, _label(rec.overrides), str(rec.seed), f"{rate:.3f}", f"{bound:.3f}", held,
+                     _fmt_one(m.get("veto_rate")), _fmt_one(m.get("veto_loops")),
+                     _fmt_one(m.get("terminal_ood_auroc"))])
+    return head, rows
+
+
+def _fmt_one(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 CV_NOTE = ("elpd-LOO leaves out one observation; elpd-LOSO leaves out every observation of one state and scores "

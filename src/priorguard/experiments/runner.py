@@ -63,6 +63,21 @@ class RunArtifacts:
 
 
 
+@dataclass
+class Agent:
+    """What the run acts with: its data, the fitted models, A and the calibrated veto rule."""
+
+    fit_data: Transitions
+    cal_data: Transitions
+    posteriors: dict[str, Posterior]
+    train_states: np.ndarray
+    models: Any
+    proposal: Any
+    proposal_params: Any
+    rule: Any
+    calibration: dict[str, Any] | None
+
+
 class Runner:
     """One run of an experiment spec with one seed.
 
@@ -92,9 +107,9 @@ class Runner:
         is_cal = np.isin(data.episode, perm[:n_cal])
         return data.subset(~is_cal), data.subset(is_cal)
 
-    def run(self) -> RunArtifacts:
-        ctx, spec = self.ctx, self.ctx.spec
-        keys = self.keys()
+    def agent(self, keys: dict[str, Any]) -> Agent:
+        """Steps 1 to 4: the train data, the fitted models, A and the calibrated veto rule."""
+        ctx = self.ctx
         ctx.progress("collect train data")
         with ctx.timed("collect_s"):
             fit_data, cal_data = self.train_data(keys)
@@ -104,6 +119,16 @@ class Runner:
 
         ctx.progress("calibrate vetoes")
         rule, calibration = veto_rule(ctx, models, proposal, proposal_params, cal_data, keys["calib"])
+        return Agent(fit_data, cal_data, posteriors, train_states, models, proposal, proposal_params, rule,
+                     calibration)
+
+    def run(self) -> RunArtifacts:
+        ctx, spec = self.ctx, self.ctx.spec
+        keys = self.keys()
+        ag = self.agent(keys)
+        cal_data, posteriors, train_states = ag.cal_data, ag.posteriors, ag.train_states
+        models, proposal, proposal_params, rule, calibration = (ag.models, ag.proposal, ag.proposal_params, ag.rule,
+                                                                ag.calibration)
         act = ctx.driver.actor(models, proposal, proposal_params, rule)
         # The same rule with its vetoes off: same scoring, same program (no second compile).
         act_no_veto = ctx.driver.actor(models, proposal, proposal_params, veto_lib.disarmed(rule))
