@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: The ways a run plays the deploy split, as metric-name prefixes: the planner with its
-#: vetoes, the same planner without them, A alone, and the env's oracle.
-ARMS: tuple[tuple[str, str], ...] = (("", "planner"), ("no_veto_", "no veto"), ("proposal_alone_", "A alone"),
-                                     ("oracle_", "oracle"))
+#: The ways a run plays the deploy split, as metric-name prefixes: the planner searching
+#: with A as its prior, with its vetoes and without them, A checked (A's draw unless the
+#: veto refuses it), A alone, and the env's oracle.
+ARMS: tuple[tuple[str, str], ...] = (("", "planner"), ("no_veto_", "no veto"), ("checked_", "A checked"),
+                                     ("proposal_alone_", "A alone"), ("oracle_", "oracle"))
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ for _m in (
     Metric("regret_out_of_range", "regret, starts outside", views=_BOTH),
     Metric("catastrophe_rate", "catastrophes", unit=True, views=_BOTH),
     Metric("no_veto_catastrophe_rate", "catastrophes (no veto)", unit=True, views=_BOTH),
+    Metric("checked_regret", "A checked regret", views=_BOTH, optional=True),
     Metric("proposal_alone_regret", "A alone regret", views=_BOTH),
     Metric("veto_rate", "veto rate", unit=True, views=_BOTH),
     Metric("veto_precision", "veto precision", unit=True, views=_BOTH),
@@ -139,6 +141,9 @@ for _m in (
     Metric("instrumental_coverage90_deploy", "I cov90 deploy", unit=True, views=_BOTH, optional=True),
     Metric("no_veto_return", "return (no veto)"),
     Metric("proposal_alone_return", "return (A alone)"),
+    Metric("checked_return", "return (A checked)"),
+    Metric("checked_catastrophe_rate", "catastrophes (A checked)", unit=True),
+    Metric("checked_veto_rate", "veto rate (A checked)", unit=True),
     Metric("no_veto_regret", "regret (no veto)"),
     Metric("deploy_in_range_fraction", "deploy starts in T's train range", unit=True),
     Metric("fallback_rate", "fallbacks", unit=True),

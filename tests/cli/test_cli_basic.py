@@ -20,7 +20,7 @@ def cli(*args, cwd=None):
 def test_validate_shipped_spec():
     r = cli("validate", SHIPPED)
     assert r.returncode == 0, r.stderr
-    assert "ok" in r.stdout and "4 run(s)" in r.stdout
+    assert "ok" in r.stdout and "9 run(s)" in r.stdout
 
 
 def test_validate_by_name_with_show_round_trips(tmp_path):

@@ -85,3 +85,25 @@ def test_alone_actor_never_vetoes():
     action, cands, mask, fallback = alone_actor(FixedProposal(3), jnp.zeros((1, 3)))(jax.random.key(0), OBS)
     assert action.shape == (5,) and cands.shape == (5, 1)
     assert not bool(mask.any()) and not bool(fallback.any())
+
+
+@pytest.mark.parametrize("kind", ["one_step", "mcts"])
+def test_a_checked_takes_as_draw_unless_the_veto_refuses_it(kind):
+    """The "A checked" arm: one draw of A, no search; the fallback where the veto refuses it."""
+    models = _models()
+    driver = driver_for(PlannerSpec(kind=kind, veto={"fallback": 1}), COIN, 0.9)
+    always_0 = jnp.log(jnp.asarray([[1.0, 1e-9, 1e-9]]))  # A proposes action 0 at every state
+    allow, _ = make_veto_rule()
+    action, cands, mask, fallback = driver.checked_actor(models, FixedProposal(3), always_0, allow)(
+        jax.random.key(0), OBS)
+    assert cands.shape == (5, 1) and not bool(mask.any()) and not bool(fallback.any())
+    # A's draw, though T (feature 0, which action 0 lowers) ranks it last: no search
+    np.testing.assert_array_equal(np.asarray(action), 0)
+    planned = driver.actor(models, FixedProposal(3), always_0, allow)(jax.random.key(0), OBS)[0]
+    if kind == "mcts":  # the search over every action with A as its prior finds a better one
+        assert bool((np.asarray(planned) != 0).any())
+    veto_all, _ = make_veto_rule(epistemic_std=-1.0)
+    action, _, mask, fallback = driver.checked_actor(models, FixedProposal(3), always_0, veto_all)(
+        jax.random.key(0), OBS)
+    assert bool(mask.all()) and bool(fallback.all())
+    np.testing.assert_array_equal(np.asarray(action), 1)

@@ -72,7 +72,7 @@ def test_trace_cli_writes_json_and_figure(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--episode", "99"], "--episode must be in 0 .. 19"),
-    (["--point", "5"], "--point must be in 0 .. 1"),
+    (["--point", "5"], "--point must be in 0 .. 2"),
     (["--feature", "coin_y"], "allowed: agent_x, coin_x, coin_dx, at_end"),
     (["--split", "test"], "--split must be 'deploy' or 'train'"),
     (["--out", "/nonexistent/dir/t.json"], "does not exist"),

@@ -339,3 +339,22 @@ def test_low_rank_guide_fits():
     pred = post.predict(x)
     assert float(jnp.mean((pred.mean - np.sin(2.0 * x)) ** 2)) < 0.01
     assert float(jnp.min(pred.epistemic_var)) > 0.0
+
+
+def test_an_ensemble_goes_on_until_it_stops_improving():
+    """Rounds of `steps` continue while the fit improves; the diagnostics say what ended them."""
+    x, _ = _sin_data()
+    y = np.sin(2.0 * x)
+    few = {"method": "ensemble", "members": 2, "steps": 20, "learning_rate": 0.03}
+    post = fit_bnn(BNNModel(model="bnn", hidden=[6], noise=0.1, inference={**few, "max_steps": 4000}),
+                   as_data(x, y), key=jax.random.key(2))
+    spent = post.fit_at().diagnostics["optimiser_steps"]
+    assert 20 < spent < 4000 and post.fit_at().diagnostics["converged"] == 1.0
+    short = fit_bnn(BNNModel(model="bnn", hidden=[6], noise=0.1, inference={**few, "max_steps": 40}),
+                    as_data(x, y), key=jax.random.key(2))
+    assert short.fit_at().diagnostics["optimiser_steps"] == 40 and short.fit_at().diagnostics["converged"] == 0.0
+    # the longer fit is the better one
+    mse = lambda p: float(np.mean((np.asarray(p.predict(jnp.asarray(x)).mean)[:, 0] - y[:, 0]) ** 2))
+    assert mse(post) < mse(short)
+    with pytest.raises(ValueError, match="max_steps"):
+        BNNModel(model="bnn", hidden=[6], inference={**few, "max_steps": 10})

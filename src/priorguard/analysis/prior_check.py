@@ -51,7 +51,8 @@ def _slices(dim: int, grid: np.ndarray) -> np.ndarray:
     return x
 
 
-def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> RolePrior:
+def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int,
+              ranges: Sequence[tuple[float, float]]) -> RolePrior:
     from numpyro.infer import Predictive
 
     from priorguard.models.gp.kernels import compile_program
@@ -63,8 +64,9 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int) -> R
         prior = structure_prior(kernel, len(names))
         bars["structure"] = [(s.expression, p) for s, p in prior[:12]]
         kernel = prior[0][0].to_kernel(ard=kernel.ard)
+    zero_at = [-lo / (hi - lo) for lo, hi in ranges]  # the grid is in model units (the unit cube)
     program = compile_program(kernel, noise=spec.noise, mean=spec.mean, feature_names=names,
-                              site_prefix=role, noise_floor=spec.noise_floor)
+                              site_prefix=role, noise_floor=spec.noise_floor, zero_at=zero_at)
     k_hyper, k_f, k_eps = jax.random.split(key, 3)
     draws = Predictive(lambda: gp_model(program), num_samples=n)(k_hyper)
     theta = theta_from_sites(program, draws, (n,))
@@ -166,10 +168,10 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
             ranges = [info.feature_ranges[f] for f in names]
         if isinstance(model, GPModel):
             if len(out_names) > 1:
-                rp = _gp_prior(model, role, in_names, k, num_draws)  # independent outputs: one shown
+                rp = _gp_prior(model, role, in_names, k, num_draws, ranges)  # independent outputs: one shown
                 rp.output_names = [f"{out_names[0]} (each of {len(out_names)} outputs alike)"]
             else:
-                rp = _gp_prior(model, role, in_names, k, num_draws)
+                rp = _gp_prior(model, role, in_names, k, num_draws, ranges)
         else:
             rp = _bnn_prior(model, role, in_names, [f"delta_{n}" for n in out_names] if role == "world" else out_names,
                             k, num_draws)

@@ -248,6 +248,7 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
                      _fmt(*mean_interval(p.loo)), _fmt(*mean_interval(p.loso))])
     loo_rank, deploy_rank = _ranks(points, cv)
     veto_head, veto_rows = _veto_promise(store)
+    arms_head, arms_rows = _arms_per_seed(store)
     diag_head = ["experiment", "sweep point", *DIAG_KEYS]
     diag_rows = [[p.experiment, p.label, *(_fmt(*p.stat(k)) for k in DIAG_KEYS)] for p in points]
 
@@ -256,6 +257,7 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
           "Intervals are 90% Student-t intervals over seeds.", "", "## Metrics", "",
           _md_table(head, rows), "", "## Does in-distribution cross-validation rank priors the way deployment does?",
           "", CV_NOTE, "", _rank_sentence(points, loo_rank, deploy_rank, cv, cv_name), "",
+          "## The three arms, per run", "", ARMS_NOTE, "", _md_table(arms_head, arms_rows), "",
           "## The veto's promise, per run", "", VETO_NOTE, "", _md_table(veto_head, veto_rows), "",
           "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
     for name, title in plots.items():
@@ -268,6 +270,8 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
             "<h2>Does in-distribution cross-validation rank priors the way deployment does?</h2>",
             f"<p>{html.escape(CV_NOTE)}</p>",
             f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank, cv, cv_name))}</p>",
+            "<h2>The three arms, per run</h2>", f"<p>{html.escape(ARMS_NOTE)}</p>",
+            _html_table(arms_head, arms_rows),
             "<h2>The veto's promise, per run</h2>", f"<p>{html.escape(VETO_NOTE)}</p>",
             _html_table(veto_head, veto_rows),
             "<h2>Diagnostics</h2>", _html_table(diag_head, diag_rows)]
@@ -287,6 +291,29 @@ VETO_NOTE = ("The calibrated veto promises that on the train split at most alpha
              "is shown against its bound (alpha plus a binomial 95% margin for its number of decisions); "
              "'held' says whether the rate is within it. Loops count decisions refused again at a state the "
              "episode had been refused at before.")
+
+
+ARMS_NOTE = ("Deploy regret (1 - return / the oracle's return) of each way the run acts: A alone (the proposal "
+             "policy), A checked (A's draw unless the veto refuses it; no search), and the planner searching with A "
+             "as its prior, with its veto and without it. 'best / A alone' is the best of the two planner arms "
+             "and A checked over A alone: below 1, T and W turned into better actions than A's.")
+
+
+def _arms_per_seed(store: ResultStore) -> tuple[list[str], list[list[str]]]:
+    """One row per finished run: the deploy regret of each arm, and the best over A alone's."""
+    head = ["experiment", "sweep point", "seed", "A alone", "A checked", "planner", "planner (no veto)",
+            "best / A alone"]
+    rows = []
+    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, _label(r.overrides), r.seed)):
+        m = rec.metrics or {}
+        alone = m.get("proposal_alone_regret")
+        arms = [m.get(k) for k in ("checked_regret", "regret", "no_veto_regret")]
+        found = [a for a in arms if a is not None and math.isfinite(a)]
+        ratio = (min(found) / alone if found and alone is not None and math.isfinite(alone) and alone > 0
+                 else None)
+        rows.append([rec.experiment, _label(rec.overrides), str(rec.seed), _fmt_one(alone),
+                     *(_fmt_one(a) for a in arms), _fmt_one(ratio)])
+    return head, rows
 
 
 def _veto_promise(store: ResultStore) -> tuple[list[str], list[list[str]]]:

@@ -79,6 +79,17 @@ class PlannerDriver(abc.ABC):
         """``plan(key, obs)`` returning a planner output, for the random-state audit; None to skip it."""
         return None
 
+    def checked_actor(self, models: PlanningModels, proposal: Any, params: Any, rule: Any) -> Actor:
+        """The "A checked" arm: one draw of A, taken unless the veto refuses it (then the fallback).
+
+        No search: T, I and W only check what A proposes (one step ahead, as the veto of every
+        planner kind does), so comparing this arm with the planner's separates what checking
+        adds from what searching adds.
+        """
+        fb = int(self.spec.veto.fallback) if self.discrete else self.fallback_vector()
+        discount = self.discount
+        return lambda key, obs: _act_one_step(models, proposal, params, rule, key, obs, fb, 1, discount, True)
+
     def fallback_vector(self) -> Any:
         """The fallback action as a ``[Da]`` vector (continuous actions)."""
         fb = self.spec.veto.fallback

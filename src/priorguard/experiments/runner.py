@@ -14,8 +14,9 @@ Steps (each in its module):
        posteriors as the planner's models, A, and I fitted against A.
     4. **calibrate** (:mod:`.calibrate`): the veto rule, its epistemic-std threshold
        calibrated by split conformal prediction on the held-out episodes.
-    5. **evaluate** (:mod:`.evaluate`): the planner with and without vetoes, A alone and
-       the oracle on deploy-split episodes, and the planner on train-split episodes (for
+    5. **evaluate** (:mod:`.evaluate`): three arms -- A alone, A checked (A's draw unless
+       the veto refuses it) and the planner searching with A as its prior (with and
+       without vetoes) -- and the oracle on deploy-split episodes, and the planner on train-split episodes (for
        false vetoes), in lockstep batches, against the environment's ground truth.
     6. **score** (:mod:`.scoring`, :mod:`.instrumental`, :mod:`.audit`): the metrics of
        the registry (:mod:`priorguard.metrics`), I's calibration, the audit through W.
@@ -133,6 +134,7 @@ class Runner:
         # The same rule with its vetoes off: same scoring, same program (no second compile).
         act_no_veto = ctx.driver.actor(models, proposal, proposal_params, veto_lib.disarmed(rule))
         act_alone = alone_actor(proposal, proposal_params)
+        act_checked = ctx.driver.checked_actor(models, proposal, proposal_params, rule)
 
         ctx.progress("plan on deploy split")
         episodes = spec.data.deploy_episodes
@@ -141,13 +143,15 @@ class Runner:
             deploy = evaluate(spec.env, "deploy", episodes, keys["deploy"], act, abstain_on_repeat=abstain)
         deploy_nv = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_no_veto)
         alone = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_alone)
+        checked = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_checked, abstain_on_repeat=abstain)
         oracle = evaluate(spec.env, "deploy", episodes, keys["deploy"], policy_actor(spec.env, "oracle", keys["alone"]))
         ctx.progress("plan on train split")
         # as many episodes as on deploy: the same batch shape, so the planner compiled above is reused
         train = evaluate(spec.env, "train", episodes, keys["train"], act, abstain_on_repeat=abstain)
 
         ctx.progress("score")
-        metrics = score(ctx, posteriors, cal_data, train_states, deploy, deploy_nv, alone, oracle, train)
+        metrics = score(ctx, posteriors, cal_data, train_states, deploy, deploy_nv, alone, oracle, train,
+                        checked=checked)
         if spec.instrumental is not None:
             metrics.update(instrumental_scores(ctx, posteriors["instrumental"], proposal, proposal_params,
                                                {"train": train, "deploy": deploy},

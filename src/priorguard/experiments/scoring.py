@@ -23,7 +23,7 @@ from priorguard.models.roles import role_inputs
 
 def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, train_states: np.ndarray,
           deploy: dict[str, Any], deploy_nv: dict[str, Any], alone: dict[str, Any], oracle: dict[str, Any],
-          train: dict[str, Any]) -> dict[str, Any]:
+          train: dict[str, Any], *, checked: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every metric of a run but I's calibration, the veto threshold and the audit.
 
     Args:
@@ -33,6 +33,7 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
         deploy, deploy_nv, alone, oracle: deploy-split evaluations (same episodes) of the
             planner, the planner without vetoes, A alone and the oracle.
         train: the planner's train-split evaluation (false vetoes).
+        checked: the deploy-split evaluation of A checked (A's draw unless vetoed), if run.
     """
     m: dict[str, Any] = {}
     best = float(np.mean(oracle["returns"]))
@@ -52,19 +53,24 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
     m["proposal_alone_regret"] = regret(alone["returns"])
     m["proposal_alone_catastrophe_rate"] = float(np.mean(alone["catastrophes"]))
     m["oracle_catastrophe_rate"] = float(np.mean(oracle["catastrophes"]))
+    arms = {"": deploy, "no_veto_": deploy_nv, "proposal_alone_": alone}
+    if checked is not None:
+        arms["checked_"] = checked
+        m["checked_return"] = float(np.mean(checked["returns"]))
+        m["checked_regret"] = regret(checked["returns"])
+        m["checked_catastrophe_rate"] = float(np.mean(checked["catastrophes"]))
+        m["checked_veto_rate"] = _ratio(checked["vetoed"], checked["candidates"])
     # outcomes the environment declares (e.g. tampering with the rater's view): how often, and
     # how much they hide from the rater
-    m.update(outcome_scores(ctx.info.outcome_flags, {"": deploy, "no_veto_": deploy_nv, "proposal_alone_": alone,
-                                                     "oracle_": oracle}))
+    m.update(outcome_scores(ctx.info.outcome_flags, {**arms, "oracle_": oracle}))
     # Deploy episodes whose start T can place: inside the range of T's training inputs or not.
     # Every deploy evaluation uses the same key, so episode i starts alike in all of them.
     tcols = np.asarray(role_inputs(ctx.spec.terminal, ctx.features))
     inside = in_training_range(train_states[:, tcols], deploy["initial_obs"][:, tcols])
     m["deploy_in_range_fraction"] = float(np.mean(inside))
     for tag, mask in (("in_range", inside), ("out_of_range", ~inside)):
-        m[f"regret_{tag}"] = subset_regret(deploy["returns"], oracle["returns"], mask)
-        m[f"no_veto_regret_{tag}"] = subset_regret(deploy_nv["returns"], oracle["returns"], mask)
-        m[f"proposal_alone_regret_{tag}"] = subset_regret(alone["returns"], oracle["returns"], mask)
+        for prefix, arm in arms.items():
+            m[f"{prefix}regret_{tag}"] = subset_regret(arm["returns"], oracle["returns"], mask)
     m.update(veto_scores(ctx.info, ctx.spec.planner.veto, deploy, train))
     # calibration of T on held-out train states and on the states the agent met on deploy
     t_post = posteriors["terminal"]

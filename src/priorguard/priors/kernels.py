@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -91,9 +92,19 @@ class _KernelBase(BaseModel):
     #: Feature names (or column indices into the model's features) this kernel sees;
     #: None means all of them.
     active_dims: list[str | int] | None = None
+    #: An invariance in the prior: features (names or indices, among the kernel's active
+    #: ones) in which every function the kernel draws is *even*, jointly:
+    #: ``f(x) = f(x')`` where ``x'`` is ``x`` with these features negated (reflected
+    #: through 0 in the feature's own units). The kernel is averaged over the
+    #: reflection (``k_even = (k(x,y) + k(x,Ry) + k(Rx,y) + k(Rx,Ry)) / 4``), so data on
+    #: one side of 0 informs the other exactly as much as its own side. ``[]``: none
+    #: (as when left out; handy in a sweep).
+    even: list[str | int] | None = None
 
     @model_validator(mode="after")
     def _check_supports(self) -> Any:
+        if self.even is not None and getattr(self, "kind", "") == "white":
+            raise _fail("even_white", "a white kernel is noise, not a function: `even` does not apply to it")
         kind = KERNELS.get(getattr(self, "kind", ""))
         for name in kind.params if kind is not None else ():
             value = getattr(self, name, None)
@@ -104,11 +115,11 @@ class _KernelBase(BaseModel):
                 raise _fail("prior_support", problem, param=name)
         return self
 
-    @field_validator("active_dims")
+    @field_validator("active_dims", "even")
     @classmethod
-    def _nonempty_dims(cls, v: list[str | int] | None) -> list[str | int] | None:
+    def _nonempty_dims(cls, v: list[str | int] | None, info: ValidationInfo) -> list[str | int] | None:
         if v is not None:
-            if not v:
+            if not v and info.field_name == "active_dims":
                 raise _fail("empty", "must name at least one feature, or be left out to use all")
             if len(set(map(str, v))) != len(v):
                 raise _fail("duplicates", f"has duplicates: {v}")
@@ -200,7 +211,7 @@ class CustomKernel(_KernelBase):
         if kind is None or kind.spec is not CustomKernel:
             raise _fail("unknown_kernel", f"{data.get('kind')!r} is not a registered kernel kind")
         out = dict(data)
-        known = {"kind", "ard", "active_dims", *kind.params}
+        known = {"kind", "ard", "active_dims", "even", *kind.params}
         for key, value in data.items():
             if key not in known:
                 raise _fail("unknown_param", f"unknown key {key!r}{did_you_mean(key, kind.params)};"

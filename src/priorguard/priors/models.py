@@ -64,8 +64,22 @@ class EnsembleInference(_Strict):
 
     method: Literal["ensemble"]
     members: int = Field(default=5, ge=2, le=256)
+    #: Adam steps per round. Rounds go on until no member's log density improves by more
+    #: than ``tolerance * (1 + |log density|)`` in a round, or ``max_steps`` are spent
+    #: (the fit's diagnostics record ``optimiser_steps`` and ``converged``). Depths are
+    #: compared by the evidence at their modes, so a deeper net stopped early would lose
+    #: to a shallower one it should beat.
     steps: int = Field(default=1000, ge=1, le=1_000_000)
+    max_steps: int = Field(default=16000, ge=1, le=10_000_000)
+    tolerance: float = Field(default=1e-2, gt=0.0, le=1.0)
     learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _rounds(self) -> Any:
+        if self.max_steps < self.steps:
+            raise _fail("max_steps", f"max_steps ({self.max_steps}) must be >= steps ({self.steps})",
+                        param="max_steps")
+        return self
 
 
 Inference = Annotated[

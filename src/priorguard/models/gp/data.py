@@ -76,6 +76,11 @@ class Prepared:
     def input_dim(self) -> int:
         return self.raw_x.shape[1]
 
+    @property
+    def zero_at(self) -> tuple[float, ...]:
+        """Per model column, where a raw 0 lies in model units (an ``even`` kernel reflects through it)."""
+        return tuple(float(v) for v in -np.asarray(self.low) / np.asarray(self.scale))
+
 
 def prepare_data(
     data: Data,

@@ -249,7 +249,7 @@ def fit_exact_gp(
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
                         standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     program = compile_program(as_kernel_spec(kernel), noise=noise, mean=mean,
-                                      feature_names=prep.feature_names, site_prefix=site_prefix,
+                                      feature_names=prep.feature_names, site_prefix=site_prefix, zero_at=prep.zero_at,
                                       noise_floor=noise_floor)
     if isinstance(inference, NutsInference):
         if not use_prior:
@@ -312,7 +312,7 @@ def condition_gp(
                         standardize=standardize, output_names=output_names)
     program = compile_program(as_kernel_spec(kernel), noise=float(noise),
                                       mean="zero" if mean_constant is None else "constant",
-                                      feature_names=prep.feature_names, site_prefix=site_prefix)
+                                      feature_names=prep.feature_names, site_prefix=site_prefix, zero_at=prep.zero_at)
     given = {}
     for name, value in (hyperparameters or {}).items():
         site = name if name.startswith(site_prefix + "/") else f"{site_prefix}/{name}"

@@ -243,11 +243,18 @@ class Kernel(eqx.Module):
 
 
 def _exact_linear(block: Kernel) -> bool:
-    return isinstance(block, KernelLeaf) and block.kind == "linear"
+    return isinstance(block, KernelLeaf) and block.kind == "linear" and not block.reflect
 
 
 class KernelLeaf(Kernel):
-    """A base kernel with its active columns resolved to indices."""
+    """A base kernel with its active columns resolved to indices.
+
+    ``reflect`` (positions among the active columns) and ``reflect_centre`` make it
+    even in those columns: ``R`` maps column ``c`` to ``reflect_centre - c`` (the
+    reflection through the feature's raw 0, in model units), and the kernel is the
+    average of the base kernel over ``{I, R}`` on both arguments. Its random features
+    are the average ``(r(x) + r(Rx)) / 2``, whose second moment is that kernel exactly.
+    """
 
     kind: str = eqx.field(static=True)
     dims: tuple[int, ...] = eqx.field(static=True)
@@ -255,6 +262,8 @@ class KernelLeaf(Kernel):
     degree: int = eqx.field(static=True)
     hypers: tuple[Hyper, ...] = eqx.field(static=True)
     path: str = eqx.field(static=True)
+    reflect: tuple[int, ...] = eqx.field(static=True, default=())
+    reflect_centre: tuple[float, ...] = eqx.field(static=True, default=())
 
     def hyper(self, name: str) -> Hyper:
         """The hyperparameter called ``name``."""
@@ -268,20 +277,36 @@ class KernelLeaf(Kernel):
         """Parameter name -> value, from site name -> value."""
         return {h.name: theta[h.site] for h in self.hypers}
 
+    def reflected(self, a: Array) -> Array:
+        """``R a``: the active columns ``a [N, d]`` with the even ones reflected."""
+        idx = jnp.asarray(self.reflect)
+        return a.at[:, idx].set(jnp.asarray(self.reflect_centre, a.dtype) - a[:, idx])
+
     def gram(self, theta: Mapping[str, Array], x1: Array, x2: Array, *, same: bool) -> Array:
         th = self.params(theta)
         a, b = self.columns(x1), self.columns(x2)
-        return KIND_OPS[self.kind].gram(self, th, a, b, same)
+        gram = KIND_OPS[self.kind].gram
+        if not self.reflect:
+            return gram(self, th, a, b, same)
+        ra, rb = self.reflected(a), self.reflected(b)
+        return 0.25 * (gram(self, th, a, b, same) + gram(self, th, a, rb, False)
+                       + gram(self, th, ra, b, False) + gram(self, th, ra, rb, same))
 
     def gram_diag(self, theta: Mapping[str, Array], x: Array, *, white: bool) -> Array:
         th = self.params(theta)
-        return KIND_OPS[self.kind].diag(self, th, self.columns(x), white)
+        a = self.columns(x)
+        diag = KIND_OPS[self.kind].diag
+        if not self.reflect:
+            return diag(self, th, a, white)
+        ra = self.reflected(a)
+        cross = jax.vmap(lambda u, v: KIND_OPS[self.kind].gram(self, th, u[None], v[None], False)[0, 0])(a, ra)
+        return 0.25 * (diag(self, th, a, white) + 2.0 * cross + diag(self, th, ra, white))
 
     def leaves(self) -> tuple[KernelLeaf, ...]:
         return (self,)
 
     def describe(self) -> str:
-        return self.kind
+        return f"{self.kind}[even]" if self.reflect else self.kind
 
     def blocks(self) -> tuple[Kernel, ...]:
         return (self,)
@@ -293,7 +318,11 @@ class KernelLeaf(Kernel):
 
     def iid_eval(self, theta: Mapping[str, Array], params: Any, x: Array, f: int) -> Array:
         th = self.params(theta)
-        return FEATURES[self.kind].evaluate(self, th, params, self.columns(x), f)
+        a = self.columns(x)
+        evaluate = FEATURES[self.kind].evaluate
+        if not self.reflect:
+            return evaluate(self, th, params, a, f)
+        return 0.5 * (evaluate(self, th, params, a, f) + evaluate(self, th, params, self.reflected(a), f))
 
 
 class KernelNode(Kernel):
@@ -439,7 +468,7 @@ def resolve_dims(active_dims: Sequence[str | int] | None, feature_names: Sequenc
 
 
 def compile_kernel(kernel: Any, *, feature_names: Sequence[str], site_prefix: str,
-                   path: str = "kernel") -> Kernel:
+                   path: str = "kernel", zero_at: Sequence[float] | None = None) -> Kernel:
     """Resolves a kernel spec into a :class:`Kernel` with site names.
 
     Args:
@@ -447,13 +476,17 @@ def compile_kernel(kernel: Any, *, feature_names: Sequence[str], site_prefix: st
         feature_names: names of the columns the model sees (``D`` of them).
         site_prefix: prefix of the site names.
         path: site path of this kernel below the prefix.
+        zero_at: per feature, the model-unit coordinate of its raw value 0 (inputs are
+            scaled to the unit cube: ``-low / (high - low)``); a kernel that is ``even``
+            in a feature reflects through it. None: inputs are not shifted (0 stays 0).
 
     Returns:
         The compiled kernel; hyperparameters left unset get their default priors.
     """
     if isinstance(kernel, CompositeKernel):
         terms = tuple(
-            compile_kernel(t, feature_names=feature_names, site_prefix=site_prefix, path=sites.term_path(path, i))
+            compile_kernel(t, feature_names=feature_names, site_prefix=site_prefix, path=sites.term_path(path, i),
+                           zero_at=zero_at)
             for i, t in enumerate(kernel.terms)
         )
         return KernelNode(kernel.kind, terms, path)
@@ -469,16 +502,31 @@ def compile_kernel(kernel: Any, *, feature_names: Sequence[str], site_prefix: st
         hypers.append(_make_hyper(param, sites.kernel_site(site_prefix, path, param), getattr(kernel, param, None), shape, d,
                                   names if shape else ()))
     degree = int(getattr(kernel, "degree", 1))
-    return KernelLeaf(kernel.kind, dims, dims == tuple(range(len(feature_names))), degree, tuple(hypers), path)
+    reflect, centre = (), ()
+    if getattr(kernel, "even", None):  # None or []: no invariance
+        even = resolve_dims(kernel.even, feature_names)
+        outside = [feature_names[i] for i in even if i not in dims]
+        if outside:
+            raise ValueError(f"kernel `even` names {outside}, which the kernel does not see; its active features"
+                             f" are {list(names)}")
+        zeros = [0.0] * len(feature_names) if zero_at is None else [float(z) for z in zero_at]
+        reflect = tuple(dims.index(i) for i in even)
+        centre = tuple(2.0 * zeros[i] for i in even)
+    return KernelLeaf(kernel.kind, dims, dims == tuple(range(len(feature_names))), degree, tuple(hypers), path,
+                      reflect, centre)
 
 
 def compile_program(kernel: Any, *, noise: Any, mean: str, feature_names: Sequence[str],
-                    site_prefix: str, noise_floor: float = 0.0) -> GPProgram:
+                    site_prefix: str, noise_floor: float = 0.0,
+                    zero_at: Sequence[float] | None = None) -> GPProgram:
     """Builds the :class:`GPProgram` of a GP spec (kernel, noise, mean).
 
     ``noise_floor`` applies to a learned noise only: a fixed noise is used as given.
+    ``zero_at``: see :func:`compile_kernel` (where an ``even`` kernel reflects).
     """
-    tree = compile_kernel(kernel, feature_names=feature_names, site_prefix=site_prefix)
+    if zero_at is not None and len(zero_at) != len(feature_names):
+        raise ValueError(f"zero_at needs one value per feature ({len(feature_names)}), got {len(zero_at)}")
+    tree = compile_kernel(kernel, feature_names=feature_names, site_prefix=site_prefix, zero_at=zero_at)
     dim = len(feature_names)
     noise_h = _make_hyper("noise", sites.noise_site(site_prefix), noise, (), dim)
     if noise_h.fixed is not None and not noise_h.fixed > 0:

@@ -280,7 +280,7 @@ def fit_structure_search(
     rows = []
     for (structure, prob), k in zip(candidates, keys):
         program = compile_program(structure.to_kernel(ard=search.ard), noise=noise, mean=mean,
-                                          feature_names=prep.feature_names, site_prefix=site_prefix,
+                                          feature_names=prep.feature_names, site_prefix=site_prefix, zero_at=prep.zero_at,
                                           noise_floor=noise_floor)
         result = fit_map(program, prep, inference, key=k)
         # BIC reads log p(y | theta*) off the factor, so it conditions every structure;

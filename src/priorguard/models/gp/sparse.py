@@ -414,7 +414,7 @@ def fit_sparse_gp(
     prep = prepare_data(data, feature_names=feature_names, features=features, feature_ranges=feature_ranges,
                         standardize=standardize, output_names=output_names, prior_mean=prior_mean)
     program = compile_program(as_kernel_spec(kernel), noise=noise, mean=mean,
-                                      feature_names=prep.feature_names, site_prefix=site_prefix,
+                                      feature_names=prep.feature_names, site_prefix=site_prefix, zero_at=prep.zero_at,
                                       noise_floor=noise_floor)
     o, n = prep.num_outputs, prep.n
     m = min(sparse.inducing, n)

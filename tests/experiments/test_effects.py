@@ -1,0 +1,46 @@
+"""The effects the shipped experiments exist to show, in direction (not exact numbers).
+
+Each test runs a shipped experiment's sweep points at a reduced size in one seed; the
+``slow`` form runs the shipped size on every seed of the spec. The numbers themselves are
+in docs/anatomy.md, next to the command that reproduces them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from priorguard.experiments.catalog import load_spec
+from priorguard.experiments.runner import run_experiment
+
+REDUCED = {"data.train_episodes": 50, "data.deploy_episodes": 12, "audit.states": 16}
+
+
+def _point(name: str, index: int, overrides: dict) -> object:
+    spec = load_spec(name)
+    point = list(spec.sweep_points())[index]
+    return spec.model_copy(update={"sweep": {}}).with_overrides({**point, **overrides})
+
+
+def _best_over_alone(metrics: dict) -> float:
+    """The best planner arm's deploy regret over A alone's."""
+    best = min(metrics[k] for k in ("regret", "no_veto_regret", "checked_regret"))
+    return best / metrics["proposal_alone_regret"]
+
+
+def _coin_shift(seeds: list[int], overrides: dict) -> None:
+    for seed in seeds:
+        position = run_experiment(_point("coin-shift", 0, overrides), seed).metrics
+        even = run_experiment(_point("coin-shift", 2, overrides), seed).metrics
+        # the prior decides: under the even offset the planner beats A by far; under position it does not
+        assert _best_over_alone(even) <= 0.5, (seed, _best_over_alone(even))
+        assert _best_over_alone(position) >= 0.8, (seed, _best_over_alone(position))
+        assert _best_over_alone(even) < _best_over_alone(position) - 0.3
+
+
+def test_coin_shift_the_prior_decides_whether_the_planner_beats_a():
+    _coin_shift([0], REDUCED)
+
+
+@pytest.mark.slow
+def test_coin_shift_the_prior_decides_whether_the_planner_beats_a_full_size():
+    _coin_shift(load_spec("coin-shift").seeds, {})
