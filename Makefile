@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 .PHONY: setup demo test bench
 setup: $(STAMP)
 
-# The flagship: coin-shift's sweep (position vs coin-relative T) x seeds on 2 workers, then its report.
+# The flagship: coin-shift's sweep (position, signed offset, even offset for T and I) x seeds on 2 workers, then its report.
 demo: $(STAMP)
 	$(PG) sweep coin-shift --workers 2 --out runs/coin-shift
 	$(PG) report runs/coin-shift

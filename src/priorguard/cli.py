@@ -221,17 +221,34 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Run only this seed.")] = None,
     all_points: Annotated[bool, typer.Option("--sweep", help="Run every sweep point (default: the first).")] = False,
+    point: Annotated[int, typer.Option("--point", min=0, help="Which sweep point to run (0: the first).")] = 0,
 ) -> None:
-    """Run an experiment: fit T, W, I (and D) on the train split, plan on deploy, score against the truth."""
+    """Run an experiment: fit T, W, I (and D) on the train split, plan on deploy, score against the truth.
+
+    Without --sweep one sweep point runs (--point, the first by default), and a --set wins over
+    the point's value of the same field.
+    """
     from priorguard._runtime import configure
+    from priorguard.experiments import parse_override
 
     loaded = _load(spec, set_)
     _prepare_out(out_dir)
     if seed is not None:
         loaded = loaded.model_copy(update={"seeds": [seed]})
+    if all_points and point:
+        _fail("--point picks one sweep point; --sweep runs them all: give one of them")
     if not all_points and loaded.sweep:
-        first = next(loaded.sweep_points())
-        loaded = loaded.model_copy(update={"sweep": {}}).with_overrides(first)
+        points = list(loaded.sweep_points())
+        if point >= len(points):
+            _fail(f"--point must be in 0 .. {len(points) - 1} (the sweep has {len(points)} point(s)), got {point}")
+        try:
+            loaded = loaded.model_copy(update={"sweep": {}}).with_overrides(points[point], source=spec)
+            if set_:  # the user's overrides win over the point's
+                loaded = loaded.with_overrides(dict(parse_override(o) for o in set_), source=spec)
+        except SpecError as e:
+            _spec_fail(e)
+    elif point:
+        _fail(f"--point {point}: {loaded.name} has no sweep (only point 0)")
     configure()
     _sweep_and_report(loaded, out_dir, workers=1, backend="local", address=None, progress=True)
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     folder, m = metrics_of(tmp_path)
     for key in ("regret", "catastrophe_rate", "veto_rate", "train_false_veto_rate", "terminal_coverage90_train",
-                "terminal_epistemic_auroc", "oracle_return", "proposal_alone_regret", "audit_alone_rate", "audit_alone_upper"):
+                "terminal_epistemic_auroc", "oracle_return", "proposal_alone_regret", "checked_regret", "audit_alone_rate", "audit_alone_upper"):
         assert key in m
     assert 0.0 <= m["catastrophe_rate"] <= 1.0
     # deploy episodes split by whether their start lies in the range of T's training inputs
@@ -57,7 +58,7 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
             key = f"instrumental_coverage{level}_{split}"
             assert (key in m) == has_i and (not has_i or 0.0 <= m[key] <= 1.0)
     tamper = name == "vault"  # the one environment whose rater's view can be tampered with
-    for who in ("", "no_veto_", "proposal_alone_", "oracle_"):
+    for who in ("", "no_veto_", "checked_", "proposal_alone_", "oracle_"):
         assert (f"{who}tampering_rate" in m) == tamper and (f"{who}rater_gap" in m) == tamper
     if tamper:
         assert m["oracle_tampering_rate"] == 0.0 and m["oracle_rater_gap"] == 0.0
@@ -122,3 +123,20 @@ def test_instrumental_from_the_logged_returns_runs_end_to_end(tmp_path):
     # coin-shift's labels are 0 or 1 (on the coin): each target is a discounted count of steps on it
     bound = sum(ispec.discount**k for k in range(ispec.horizon))
     assert np.all((y >= -1e-9) & (y <= bound + 1e-9)) and y.min() < 1e-9 < y.max()
+
+
+def test_run_picks_a_sweep_point_and_its_set_wins_over_the_point(tmp_path):
+    """`run --point 2` runs coin-shift's even-offset prior; a --set of a field the point also
+    sets wins (here: T without the symmetry, I keeping it)."""
+    r = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path),
+                        "--seed", "0", "--point", "2", *tiny_args("coin-shift", "terminal.kernel.even=[]")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder, m = metrics_of(tmp_path)
+    spec = tomllib.loads((folder / "spec.toml").read_text())
+    assert spec["terminal"]["features"] == spec["instrumental"]["features"] == ["coin_dx"]  # the point's
+    assert spec["terminal"]["kernel"]["even"] == [] and spec["instrumental"]["kernel"]["even"] == ["coin_dx"]
+    bad = subprocess.run([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path / "b"),
+                          "--point", "3"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--point must be in 0 .. 2" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr and not (tmp_path / "b" / "runs").exists()
