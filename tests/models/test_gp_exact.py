@@ -430,3 +430,16 @@ def test_a_learned_noise_is_floored_in_quadrature_and_a_fixed_one_is_not():
     assert float(np.squeeze(fits[0.0].predict(q).aleatoric_var)) < 1e-6 * scale2
     assert float(np.squeeze(fits[NOISE_FLOOR].predict(q).aleatoric_var)) >= NOISE_FLOOR**2 * scale2 * (1 - 1e-9)
     assert fits[NOISE_FLOOR].to_datatree().attrs["noise_floor"] == NOISE_FLOOR
+
+
+def test_constant_targets_keep_prior_scale_uncertainty_away_from_the_data():
+    """y = 3.7 everywhere: its std is rounding error (about 4e-16), not a scale; T must stay
+    uncertain off the data, or a veto built on it could never fire."""
+    x = np.linspace(0.0, 1.0, 20)[:, None]
+    y = np.full(20, 3.7) + np.asarray([0.0, 4.4e-16] * 10)
+    post = condition_gp(parse_kernel({"kind": "rbf", "lengthscale": 0.1, "variance": 1.0}), as_data(x, y),
+                        noise=0.01, feature_ranges=[(0.0, 5.0)])
+    far = np.sqrt(np.asarray(post.predict(jnp.asarray([[4.0]])).epistemic_var))[0, 0]
+    near = np.sqrt(np.asarray(post.predict(jnp.asarray([[0.5]])).epistemic_var))[0, 0]
+    assert far > 0.5 and near < 0.1 * far
+    np.testing.assert_allclose(np.asarray(post.predict(jnp.asarray([[0.5]])).mean), 3.7, atol=1e-6)

@@ -82,6 +82,13 @@ class Prepared:
         return tuple(float(v) for v in -np.asarray(self.low) / np.asarray(self.scale))
 
 
+def _scale_or_one(scale: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The targets' scale, or 1 where it is rounding error: constant targets (std about 1e-16
+    of their size) would otherwise shrink the prior's scale, and every uncertainty, to nothing.
+    The guard is relative to the targets' size, as the BNN's."""
+    return np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
+
+
 def prepare_data(
     data: Data,
     *,
@@ -147,11 +154,10 @@ def prepare_data(
     if prior_mean is not None:
         y_mean = np.full(y.shape[1], float(prior_mean))
         y_scale = np.sqrt(np.mean((y - y_mean) ** 2, axis=0)) if standardize else np.ones(y.shape[1])
-        y_scale = np.where(y_scale > 0, y_scale, 1.0)
+        y_scale = _scale_or_one(y_scale, y_mean)
     elif standardize:
         y_mean = y.mean(axis=0)
-        y_scale = y.std(axis=0)
-        y_scale = np.where(y_scale > 0, y_scale, 1.0)
+        y_scale = _scale_or_one(y.std(axis=0), y_mean)
     else:
         y_mean = np.zeros(y.shape[1])
         y_scale = np.ones(y.shape[1])
