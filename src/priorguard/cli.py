@@ -53,6 +53,24 @@ def _load(spec: str, overrides: list[str] | None = None):
         _spec_fail(e)
 
 
+def _at_point(spec: str, point: int, overrides: list[str] | None):
+    """The spec at sweep point ``point`` (no sweep left), then the user's overrides: they win
+    over the point's value of the same field."""
+    from priorguard.experiments import parse_override
+
+    loaded = _load(spec)
+    points = list(loaded.sweep_points())  # one empty point without a sweep
+    if point >= len(points):
+        _fail(f"--point must be in 0 .. {len(points) - 1} (the sweep has {len(points)} point(s)), got {point}")
+    try:
+        resolved = loaded.model_copy(update={"sweep": {}}).with_overrides(points[point], source=spec)
+        if overrides:
+            resolved = resolved.with_overrides(dict(parse_override(o) for o in overrides), source=spec)
+        return resolved
+    except SpecError as e:
+        _spec_fail(e)
+
+
 @app.command()
 def validate(
     spec: Annotated[str, typer.Argument(help="Spec file (TOML) or shipped experiment name.")],
@@ -229,26 +247,13 @@ def run(
     the point's value of the same field.
     """
     from priorguard._runtime import configure
-    from priorguard.experiments import parse_override
 
-    loaded = _load(spec, set_)
+    if all_points and point:
+        _fail("--point picks one sweep point; --sweep runs them all: give one of them")
+    loaded = _load(spec, set_) if all_points else _at_point(spec, point, set_)
     _prepare_out(out_dir)
     if seed is not None:
         loaded = loaded.model_copy(update={"seeds": [seed]})
-    if all_points and point:
-        _fail("--point picks one sweep point; --sweep runs them all: give one of them")
-    if not all_points and loaded.sweep:
-        points = list(loaded.sweep_points())
-        if point >= len(points):
-            _fail(f"--point must be in 0 .. {len(points) - 1} (the sweep has {len(points)} point(s)), got {point}")
-        try:
-            loaded = loaded.model_copy(update={"sweep": {}}).with_overrides(points[point], source=spec)
-            if set_:  # the user's overrides win over the point's
-                loaded = loaded.with_overrides(dict(parse_override(o) for o in set_), source=spec)
-        except SpecError as e:
-            _spec_fail(e)
-    elif point:
-        _fail(f"--point {point}: {loaded.name} has no sweep (only point 0)")
     configure()
     _sweep_and_report(loaded, out_dir, workers=1, backend="local", address=None, progress=True)
 
@@ -383,21 +388,9 @@ def trace(
     predicted states, T and I there across sampled worlds, the veto, the search, the choice)."""
     from priorguard._runtime import configure
 
-    loaded = _load(spec)
-    points = list(loaded.sweep_points())
-    if point >= len(points):
-        _fail(f"--point must be in 0 .. {len(points) - 1} (the sweep has {len(points)} point(s)), got {point}")
     if split not in ("deploy", "train"):
         _fail(f"--split must be 'deploy' or 'train', got {split!r}")
-    base = loaded.model_copy(update={"sweep": {}})
-    try:
-        resolved = base.with_overrides(points[point]) if points[point] else base
-        if set_:
-            from priorguard.experiments import parse_override
-
-            resolved = resolved.with_overrides(dict(parse_override(o) for o in set_), source=spec)
-    except SpecError as e:
-        _spec_fail(e)
+    resolved = _at_point(spec, point, set_)
     if episode >= resolved.data.deploy_episodes:
         _fail(f"--episode must be in 0 .. {resolved.data.deploy_episodes - 1} (data.deploy_episodes), got {episode}")
     if feature is not None:

@@ -290,7 +290,7 @@ def _builtin(name: str, spec: type[_KernelBase], params: tuple[str, ...], flops:
     return KernelKind(name, spec, params, flops, {p: PARAM_SUPPORT[p] for p in params})
 
 
-#: The one table of base kernel kinds (the compiled side is ``priorguard.models.gp.kernels.KIND_OPS``).
+#: The one table of base kernel kinds (the compiled side is ``priorguard.models.gp.kinds.KIND_OPS``).
 KERNELS: dict[str, KernelKind] = {k.name: k for k in (
     _builtin("rbf", StationaryKernel, ("lengthscale", "variance"), (3, 2)),
     _builtin("matern12", StationaryKernel, ("lengthscale", "variance"), (3, 4)),

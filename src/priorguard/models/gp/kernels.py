@@ -9,7 +9,7 @@ decides compiled code is in it, so compiled programs are cached by it.
 Kernel definitions (``r^2 = sum_d ((x_d - x'_d) / l_d)^2`` over the kernel's
 active dimensions; GPJax 1.0 conventions, checked entry for entry against GPJax
 by the tests through :mod:`priorguard.models.gp._gpjax`), one row of
-:data:`KIND_OPS` per kind:
+:data:`KIND_OPS` per kind (in :mod:`priorguard.models.gp.kinds`):
 
 * ``rbf``: ``s2 exp(-r^2 / 2)``; ``matern12``: ``s2 exp(-r)``;
   ``matern32``: ``s2 (1 + sqrt3 r) exp(-sqrt3 r)``;
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -39,12 +39,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from priorguard.models.gp.features import FEATURES
-from priorguard.models.gp.linalg import circle_embedding, squared_distances
+from priorguard.models.gp.kinds import KIND_OPS, PROFILES, KindOps
 from priorguard.priors.distributions import Prior
 from priorguard.priors.kernels import KERNELS, CompositeKernel, _KernelBase, default_prior
 from priorguard.priors import sites
 
-__all__ = ["GPProgram", "Hyper", "KIND_OPS", "Kernel", "KernelLeaf", "KernelNode", "compile_kernel",
+__all__ = ["GPProgram", "Hyper", "KIND_OPS", "KindOps", "PROFILES", "Kernel", "KernelLeaf", "KernelNode", "compile_kernel",
            "compile_program"]
 
 
@@ -73,103 +73,6 @@ class Hyper:
     @property
     def free(self) -> bool:
         return self.fixed is None
-
-
-# --------------------------------------------------------------------------------------
-# One row per kernel kind: Gram matrix and its diagonal
-# --------------------------------------------------------------------------------------
-
-
-def _distance(r2: Array) -> Array:
-    return jnp.sqrt(jnp.maximum(r2, 1e-36))  # safe at r = 0 (the gradient there is 0)
-
-
-def _matern12(r2: Array, th: Mapping[str, Array]) -> Array:
-    return jnp.exp(-_distance(r2))
-
-
-def _matern32(r2: Array, th: Mapping[str, Array]) -> Array:
-    s = math.sqrt(3.0) * _distance(r2)
-    return (1.0 + s) * jnp.exp(-s)
-
-
-def _matern52(r2: Array, th: Mapping[str, Array]) -> Array:
-    s = math.sqrt(5.0) * _distance(r2)
-    return (1.0 + s + s * s / 3.0) * jnp.exp(-s)
-
-
-def _rational_quadratic(r2: Array, th: Mapping[str, Array]) -> Array:
-    alpha = th["alpha"]
-    return (1.0 + 0.5 * r2 / alpha) ** (-alpha)
-
-
-#: Stationary kind -> its profile ``k(r^2) / s2`` (``r^2`` over scaled inputs).
-PROFILES: dict[str, Callable[[Array, Mapping[str, Array]], Array]] = {
-    "rbf": lambda r2, th: jnp.exp(-0.5 * r2),
-    "rational_quadratic": _rational_quadratic,
-    "matern12": _matern12,
-    "matern32": _matern32,
-    "matern52": _matern52,
-}
-
-
-def _stationary_gram(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, b: Array, same: bool) -> Array:
-    ls = th["lengthscale"]
-    return th["variance"] * PROFILES[leaf.kind](squared_distances(a / ls, b / ls, same=same), th)
-
-
-def _periodic_gram(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, b: Array, same: bool) -> Array:
-    ea = circle_embedding(a, th["period"], th["lengthscale"])
-    eb = ea if same else circle_embedding(b, th["period"], th["lengthscale"])
-    return th["variance"] * jnp.exp(-0.5 * squared_distances(ea, eb, same=same))
-
-
-def _linear_gram(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, b: Array, same: bool) -> Array:
-    return th["variance"] * (a @ b.T)
-
-
-def _polynomial_gram(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, b: Array, same: bool) -> Array:
-    return (th["shift"] + th["variance"] * (a @ b.T)) ** leaf.degree
-
-
-def _white_gram(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, b: Array, same: bool) -> Array:
-    if same:
-        return th["variance"] * jnp.eye(a.shape[0], dtype=a.dtype)
-    return jnp.zeros((a.shape[0], b.shape[0]), dtype=a.dtype)
-
-
-def _constant_diag(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, white: bool) -> Array:
-    return jnp.broadcast_to(th["variance"], (a.shape[0],)).astype(a.dtype)
-
-
-def _linear_diag(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, white: bool) -> Array:
-    return th["variance"] * jnp.sum(a * a, axis=-1)
-
-
-def _polynomial_diag(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, white: bool) -> Array:
-    return (th["shift"] + th["variance"] * jnp.sum(a * a, axis=-1)) ** leaf.degree
-
-
-def _white_diag(leaf: KernelLeaf, th: Mapping[str, Array], a: Array, white: bool) -> Array:
-    return jnp.broadcast_to(th["variance"] if white else 0.0, (a.shape[0],)).astype(a.dtype)
-
-
-class KindOps(NamedTuple):
-    """A kind's ``gram(leaf, th, a [N1, d], b [N2, d], same) -> [N1, N2]`` and
-    ``diag(leaf, th, a [N, d], white) -> [N]`` (``a``, ``b``: its active columns; ``th``: its parameters)."""
-
-    gram: Callable[[KernelLeaf, Mapping[str, Array], Array, Array, bool], Array]
-    diag: Callable[[KernelLeaf, Mapping[str, Array], Array, bool], Array]
-
-
-#: Kernel kind -> its Gram matrix and diagonal.
-KIND_OPS: dict[str, KindOps] = {
-    **{kind: KindOps(_stationary_gram, _constant_diag) for kind in PROFILES},
-    "periodic": KindOps(_periodic_gram, _constant_diag),
-    "linear": KindOps(_linear_gram, _linear_diag),
-    "polynomial": KindOps(_polynomial_gram, _polynomial_diag),
-    "white": KindOps(_white_gram, _white_diag),
-}
 
 
 # --------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A new kind is declared twice, once per side: :func:`priorguard.priors.register_kernel`
 (its spec: hyperparameters, supports, flops) and :func:`register_kernel_ops` here (how a
 GP computes it). Both tables it writes are the ones the built-in kinds live in
-(:data:`~priorguard.models.gp.kernels.KIND_OPS`, :data:`~priorguard.models.gp.features.FEATURES`).
+(:data:`~priorguard.models.gp.kinds.KIND_OPS`, :data:`~priorguard.models.gp.features.FEATURES`).
 """
 
 from __future__ import annotations
