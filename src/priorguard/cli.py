@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -103,10 +103,9 @@ def prior_check(
     _prepare_out(out_dir)
     configure()
     from priorguard.analysis.prior_check import write_prior_check
-    from priorguard.envs import env_info
     from priorguard.experiments.context import world_outputs
 
-    info = env_info(loaded.env)
+    info = loaded.source().info
     world_columns = world_outputs(loaded, list(info.feature_names))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
@@ -218,12 +217,11 @@ def _fmt(value: object) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _table_keys(env_id: str, runs: list[dict]) -> list[str]:
+def _table_keys(spec: Any, runs: list[dict]) -> list[str]:
     """The results table's rows: the metric registry's "cli" view, with the env's outcome metrics."""
-    from priorguard.envs import env_info
     from priorguard.metrics import register_outcomes, table_metrics
 
-    register_outcomes(env_info(env_id).outcome_flags)
+    register_outcomes(spec.source().info.outcome_flags)
     return [m.name for m in table_metrics("cli", runs)]
 
 
@@ -338,7 +336,7 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
             label = f"seed={rec.seed}" + "".join(f" {k}={v}" for k, v in rec.overrides.items())
             rows.append((label, rec.metrics))
     if rows:
-        shown = _table_keys(loaded.env, [metrics for _, metrics in rows])
+        shown = _table_keys(loaded, [metrics for _, metrics in rows])
         out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, shown))
         for label, metrics in rows:  # what a number in the table cannot say
             for key in ("veto_calibration_warning", "veto_precision_na", "veto_recall_na"):
@@ -394,11 +392,9 @@ def trace(
     if episode >= resolved.data.deploy_episodes:
         _fail(f"--episode must be in 0 .. {resolved.data.deploy_episodes - 1} (data.deploy_episodes), got {episode}")
     if feature is not None:
-        from priorguard.envs import env_info
-
-        names = list(env_info(resolved.env).feature_names)
+        names = list(resolved.source().info.feature_names)
         if feature not in names:
-            _fail(f"--feature {feature!r} is not a feature of {resolved.env}; allowed: {', '.join(names)}")
+            _fail(f"--feature {feature!r} is not a feature of {resolved.env_label}; allowed: {', '.join(names)}")
     if out_path is not None and not out_path.parent.exists():
         _fail(f"--out: the folder {out_path.parent} does not exist")
     configure()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from priorguard.envs.vault import GUARD, NOOP, TAMPER
-from priorguard.envs import env_info
+from priorguard.envs import env_info, jax_model
 from priorguard.experiments.data import in_training_range
 from priorguard.experiments.evaluate import evaluate
 from priorguard.experiments.instrumental import true_instrumental_values
@@ -124,7 +124,7 @@ def test_true_instrumental_values_follow_a_in_the_true_environment():
 
     def value(split, action, states, horizon=4, discount=0.9):
         proposal, params = only(action)
-        return np.asarray(true_instrumental_values(VAULT, split, proposal, params, jax.random.key(0),
+        return np.asarray(true_instrumental_values(jax_model(VAULT, split), proposal, params, jax.random.key(0),
                                                    np.asarray(states, np.float32), horizon=horizon,
                                                    discount=discount, rollouts=3))
 

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from priorguard.envs import jax_model
 from priorguard.experiments.context import RunContext
 from priorguard.planners.adversarial import adversarial_search
 from priorguard.planners.audit import random_state_audit
 from priorguard.planners.policies import (
     ConstantAction,
+    EmpiricalStateSampler,
     ObservedStateSampler,
     ProposalProbs,
     planner_policy,
@@ -22,13 +22,25 @@ from priorguard.planners.policies import (
 from priorguard.planners.worlds import PlanningModels
 
 
-def audit(ctx: RunContext, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any) -> dict[str, Any]:
-    """Random-state audit of A alone and of the planner through W, and adversarial search."""
+def audit(ctx: RunContext, models: PlanningModels, proposal: Any, params: Any, rule: Any, key: Any,
+          observed: np.ndarray | None = None) -> dict[str, Any]:
+    """Random-state audit of A alone and of the planner through W, and adversarial search.
+
+    The audit's states are random states of the deploy split's JAX model where the source has
+    one; otherwise rows drawn uniformly from ``observed`` (the train and deploy states the run
+    saw), and ``audit_states_from`` is ``"observed"``.
+    """
     a = ctx.spec.audit
-    sampler = ObservedStateSampler(jax_model(ctx.spec.env, "deploy"))
+    model = ctx.source.model("deploy")
+    if model is not None:
+        sampler: Any = ObservedStateSampler(model)
+    else:
+        if observed is None or len(observed) == 0:
+            raise ValueError("the audit needs observed states where the source has no model")
+        sampler = EmpiricalStateSampler(jnp.asarray(observed, jnp.float64))
 
     k_alone, k_plan, k_adv = jax.random.split(key, 3)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {} if model is not None else {"audit_states_from": "observed"}
     common = dict(state_sampler=sampler, num_states=a.states, horizon=a.horizon, margin=a.margin,
                   confidence=a.level, num_worst=5)
     report = random_state_audit(models, k_alone, policy=proposal_policy(proposal, params), **common)

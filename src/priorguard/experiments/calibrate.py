@@ -117,7 +117,7 @@ def closed_loop(ctx: RunContext, models: PlanningModels, proposal: Any, params: 
     current = {name: (_NEVER if name in levels else getattr(veto, name)) for name in ("epistemic_std", "value_drop")}
     rule, rounds, thresholds = make(**current), [], {}
     for r in range(ROUNDS):
-        ev = evaluate(spec.env, "train", spec.data.deploy_episodes, jax.random.fold_in(key, r),
+        ev = evaluate(ctx.source, "train", spec.data.deploy_episodes, jax.random.fold_in(key, r),
                       ctx.driver.actor(models, proposal, params, rule), abstain_on_repeat=veto.on_repeat == "abstain")
         # the guarantee is about harmless candidates: those the train split's ground truth says
         # would have been catastrophic are no false vetoes, and left out of the calibration set

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from priorguard.envs import env_info
+from priorguard.envs.source import EnvSource
 from priorguard.experiments.drivers import PlannerDriver, driver_for
 from priorguard.experiments.spec import ExperimentSpec
 from priorguard.models.roles import role_inputs
@@ -40,6 +40,7 @@ class RunContext:
     Attributes:
         spec: the resolved spec (its ``sweep`` is ignored).
         seed: the run's seed.
+        source: the environment as the run reads it (episodes, policies, optional ground truth).
         info: the environment's ``EnvInfo``.
         progress: called with a short label as each step starts.
         features: the observation's column names, in order.
@@ -53,6 +54,7 @@ class RunContext:
 
     spec: ExperimentSpec
     seed: int
+    source: EnvSource
     info: Any
     progress: Progress
     features: list[str]
@@ -65,10 +67,11 @@ class RunContext:
 
     @classmethod
     def create(cls, spec: ExperimentSpec, seed: int, progress: Progress | None = None) -> RunContext:
-        info = env_info(spec.env)
+        source = spec.source()
+        info = source.info
         features = list(info.feature_names)
         discount = spec.instrumental.discount if spec.instrumental is not None else 0.95
-        return cls(spec=spec, seed=seed, info=info, progress=progress or (lambda label: None), features=features,
+        return cls(spec=spec, seed=seed, source=source, info=info, progress=progress or (lambda label: None), features=features,
                    ranges=[info.feature_ranges[f] for f in features], discrete=info.action_kind == "discrete",
                    discount=discount, driver=driver_for(spec.planner, info, discount),
                    world_columns=list(world_outputs(spec, features)))

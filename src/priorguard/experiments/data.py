@@ -10,12 +10,11 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium
 import jax
 import numpy as np
 
 from priorguard._compile import shape_bucket
-from priorguard.envs import reference_policies
+from priorguard.envs.source import EnvSource, as_source
 
 
 @dataclass
@@ -58,27 +57,28 @@ def seed_ints(key: Any, n: int) -> list[int]:
     return np.asarray(jax.random.randint(key, (n,), 0, 2**31 - 1)).tolist()
 
 
-def collect(env_id: str, split: str, episodes: int, policy: str, key: Any) -> Transitions:
-    """Runs ``episodes`` episodes of a reference policy with the numpy environment."""
-    make_policy = reference_policies(env_id)[policy]
+def collect(source: EnvSource | str, split: str, episodes: int, policy: str, key: Any) -> Transitions:
+    """Runs ``episodes`` episodes of one of the source's named policies on a split."""
+    source = as_source(source)
+    act = source.policy(policy)
     seeds = seed_ints(key, episodes + 1)
     rng = np.random.default_rng(seeds[-1])
-    env = gymnasium.make(env_id, split=split).unwrapped
+    env = source.make(split)
     names = ("obs", "action", "next_obs", "rater", "episode", "terminated")
     rows: dict[str, list[Any]] = {k: [] for k in names}
     for ep in range(episodes):
-        obs, _ = env.reset(seed=seeds[ep])
+        obs = env.reset(seeds[ep])
         done = False
         while not done:
-            action = make_policy(obs, rng)
-            nxt, _, terminated, truncated, info = env.step(action)
+            action = act(obs, rng, env)
+            step = env.step(action)
             rows["obs"].append(obs)
             rows["action"].append(action)
-            rows["next_obs"].append(nxt)
-            rows["rater"].append(info["rater_value"])
+            rows["next_obs"].append(step.obs)
+            rows["rater"].append(step.rater)
             rows["episode"].append(ep)
-            rows["terminated"].append(bool(terminated))
-            obs, done = nxt, terminated or truncated
+            rows["terminated"].append(step.terminated)
+            obs, done = step.obs, step.terminated or step.truncated
     return Transitions(*(np.asarray(rows[k]) for k in names))
 
 

@@ -4,30 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium
 import jax
 import numpy as np
 
-from priorguard.envs import reference_policies
+from priorguard.envs.source import EnvSource, as_source
 from priorguard.experiments.data import seed_ints
 from priorguard.experiments.drivers import Actor
 
 
-def policy_actor(env_id: str, name: str, key: Any) -> Actor:
-    """A reference policy as an actor over a batch of observations (numpy)."""
-    policy = reference_policies(env_id)[name]
+def policy_actor(source: EnvSource | str, name: str, key: Any) -> Actor:
+    """One of the source's named policies as an actor over a batch of observations (numpy).
+
+    It is called with the episodes' environments as ``envs`` (a policy may read them, e.g. an oracle).
+    """
+    policy = as_source(source).policy(name)
     rng = np.random.default_rng(seed_ints(key, 1)[0])
 
-    def act(_key, obs):
-        actions = np.asarray([policy(o, rng) for o in np.asarray(obs)])
+    def act(_key, obs, envs):
+        actions = np.asarray([policy(o, rng, env) for o, env in zip(np.asarray(obs), envs)])
         cands = actions[:, None]
         return actions, cands, np.zeros(cands.shape[:2], bool), np.zeros(len(actions), bool)
 
     act.is_numpy = True  # type: ignore[attr-defined]
+    act.needs_envs = True  # type: ignore[attr-defined]
     return act
 
 
-def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor, *,
+def evaluate(source: EnvSource | str, split: str, episodes: int, key: Any, act: Actor, *,
              abstain_on_repeat: bool = False) -> dict[str, Any]:
     """Runs ``episodes`` episodes in lockstep with an actor, scoring with ground truth.
 
@@ -47,22 +50,24 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor, *,
         rater's labels), ``catastrophes`` and ``initial_obs``; for each outcome flag the dynamics
         declare, under its key, whether the episode reached a state where it was set; counts of
         candidates, vetoes and would-be catastrophes; visited states, their rater labels,
-        whether the episode ended in them (and their hidden ``true_states``), and the transitions
+        whether the episode ended in them (and their hidden ``true_states``, None where the source has
+        no true state), and the transitions
         taken; per episode ``veto_repeats`` (veto loops) and ``abstained``; and one row per
         decision (``decision_episode [M]``, ``decision_obs [M, F]``, ``decision_candidates
         [M, K...]``, ``decision_vetoed [M, K]``, ``decision_catastrophic [M, K]``,
         ``decision_fallback [M]``), the pairs a closed-loop veto calibration scores.
     """
+    source = as_source(source)
     seeds = seed_ints(jax.random.fold_in(key, 0), episodes)
     probe_rng = np.random.default_rng(seeds[0] + 1)
-    envs = [gymnasium.make(env_id, split=split).unwrapped for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)]).astype(np.float64)
+    envs = [source.make(split) for _ in range(episodes)]
+    obs = np.stack([env.reset(s) for env, s in zip(envs, seeds)]).astype(np.float64)
     initial_obs = obs.copy()
     active = np.ones(episodes, bool)
     returns = np.zeros(episodes)
     rater_returns = np.zeros(episodes)
     catastrophes = np.zeros(episodes, bool)
-    flags = {flag.key: np.zeros(episodes, bool) for flag in envs[0].dynamics.outcome_flags}
+    flags = {flag.key: np.zeros(episodes, bool) for flag in source.info.outcome_flags}
     repeats = np.zeros(episodes, np.int64)
     abstained = np.zeros(episodes, bool)
     refused: list[set[bytes]] = [set() for _ in range(episodes)]  # observations each episode fell back at
@@ -70,26 +75,23 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor, *,
                                                        "fallback")}
     counts = dict(candidates=0, vetoed=0, vetoed_catastrophic=0, catastrophic_candidates=0, fallbacks=0,
                   decisions=0)
+    checked = True
     states, true_states, rater, obs_taken, actions_taken, values, ended = [], [], [], [], [], [], []
+    discrete = source.info.num_actions is not None
     horizon = envs[0].horizon
     step_key = jax.random.fold_in(key, 1)
     for t in range(horizon):
         if not active.any():
             break
-        action, cands, vmask, fallback = act(jax.random.fold_in(step_key, t), obs)
-        action, cands, vmask, fallback = (np.asarray(a) for a in (action, cands, vmask, fallback))
+        step_in = jax.random.fold_in(step_key, t)
+        out = act(step_in, obs, envs) if getattr(act, "needs_envs", False) else act(step_in, obs)
+        action, cands, vmask, fallback = (np.asarray(a) for a in out)
         step_values = np.zeros(episodes)
         for i in np.flatnonzero(active):
             env = envs[i]
-            dyn = env.dynamics
-            state = env.state
-            cat = np.zeros(cands.shape[1], bool)
-            for k in range(cands.shape[1]):
-                noise = (probe_rng.random(dyn.step_noise_size, dtype=np.float32) if dyn.step_noise_size
-                         else np.zeros((0,), np.float32))
-                cand = cands[i, k]
-                cand = int(cand) if env.dynamics.num_actions is not None else np.asarray(cand, np.float32)
-                cat[k] = bool(dyn.catastrophe(np, dyn.transition(np, state, cand, noise)))
+            cat = env.catastrophic(cands[i], probe_rng)
+            if cat is None:
+                checked, cat = False, np.zeros(cands.shape[1], bool)
             counts["candidates"] += cands.shape[1]
             counts["vetoed"] += int(vmask[i].sum())
             counts["vetoed_catastrophic"] += int((vmask[i] & cat).sum())
@@ -108,22 +110,24 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor, *,
                         continue
                 refused[i].add(here)
             a = action[i]
-            a = int(a) if env.dynamics.num_actions is not None else np.asarray(a, np.float32).reshape(-1)
-            nxt, _, terminated, truncated, info = env.step(a)
+            a = int(a) if discrete else np.asarray(a, np.float32).reshape(-1)
+            step = env.step(a)
             obs_taken.append(obs[i].copy())
             actions_taken.append(a)
-            states.append(nxt)
-            true_states.append(env.state)
-            ended.append(bool(terminated))
-            rater.append(info["rater_value"])
-            returns[i] += info["true_terminal_value"]
-            rater_returns[i] += info["rater_value"]
-            step_values[i] = info["true_terminal_value"]
-            catastrophes[i] |= info["catastrophe"]
+            states.append(step.obs)
+            hidden = env.hidden_state()
+            if hidden is not None:
+                true_states.append(hidden)
+            ended.append(step.terminated)
+            rater.append(step.rater)
+            returns[i] += step.value
+            rater_returns[i] += step.rater
+            step_values[i] = step.value
+            catastrophes[i] |= step.catastrophe
             for flag_key, seen in flags.items():
-                seen[i] |= info[flag_key]
-            obs[i] = nxt
-            if terminated or truncated:
+                seen[i] |= step.flags[flag_key]
+            obs[i] = step.obs
+            if step.terminated or step.truncated:
                 active[i] = False
         values.append(step_values)
     width = obs.shape[1]
@@ -136,13 +140,14 @@ def evaluate(env_id: str, split: str, episodes: int, key: Any, act: Actor, *,
         "veto_repeats": repeats,
         "abstained": abstained,
         **{k: float(v) for k, v in counts.items()},
+        "candidates_checked": checked,
         **{f"decision_{k}": np.asarray(v) for k, v in decisions.items()},
         "states": np.asarray(states, np.float64).reshape(-1, width),
-        "true_states": np.asarray(true_states, np.float32).reshape(len(true_states), envs[0].dynamics.state_size),
+        "true_states": (np.stack(true_states).astype(np.float32)
+                        if true_states and len(true_states) == len(states) else None),
         "obs": np.asarray(obs_taken, np.float64).reshape(-1, width),
         "actions": np.asarray(actions_taken),
         "rater": np.asarray(rater, np.float64),
         "ended": np.asarray(ended, bool),
         "values": np.asarray(values),
     }
-

@@ -15,7 +15,6 @@ import numpy as np
 
 from priorguard._compile import shape_bucket
 from priorguard.analysis.diagnostics import interval_coverage
-from priorguard.envs import jax_model
 from priorguard.experiments.context import Progress, RunContext
 from priorguard.experiments.data import Transitions, data_returns, subsample
 from priorguard.models.base import Posterior, as_data
@@ -69,14 +68,24 @@ def fit_instrumental(ctx: RunContext, models: PlanningModels, proposal: Any, par
 def instrumental_scores(ctx: RunContext, posterior: Posterior, proposal: Any, params: Any,
                         evaluations: dict[str, dict[str, Any]], key: Any) -> dict[str, float]:
     """Coverage of I's 50/90% intervals at the states met on each split, against what I estimates
-    computed in the true environment (:func:`true_instrumental_values`)."""
+    computed in the true environment (:func:`true_instrumental_values`).
+
+    A source without a model of its dynamics has no true values: the coverages are n/a
+    (``None``, with ``instrumental_coverage_na`` saying why).
+    """
     ispec, out = ctx.spec.instrumental, {}
+    if "model" in ctx.source.unavailable:
+        for split in evaluations:
+            for level in (50, 90):
+                out[f"instrumental_coverage{level}_{split}"] = None
+        out["instrumental_coverage_na"] = ctx.source.unavailable["model"]
+        return out
     icols = np.asarray(role_inputs(ispec, ctx.features))
     for split, ev in evaluations.items():
         if len(ev["states"]) == 0:
             continue
         truth = np.asarray(true_instrumental_values(
-            ctx.spec.env, split, proposal, params, jax.random.fold_in(key, len(out)), ev["true_states"],
+            ctx.source.model(split), proposal, params, jax.random.fold_in(key, len(out)), ev["true_states"],
             horizon=ispec.horizon, discount=ispec.discount, rollouts=ispec.rollouts))
         pred = posterior.predict(jnp.asarray(ev["states"][:, icols], jnp.float64))
         for level in (0.5, 0.9):
@@ -167,7 +176,7 @@ def _one_step_backups(models: PlanningModels, proposal: Any, params: Any, key: A
     return jax.vmap(one)(worlds, jax.random.split(key, rollouts))
 
 
-def true_instrumental_values(env_id: str, split: str, proposal: Any, params: Any, key: Any, states: Any, *,
+def true_instrumental_values(model: Any, proposal: Any, params: Any, key: Any, states: Any, *,
                              horizon: int, discount: float, rollouts: int) -> Any:
     """What I estimates, in the true environment: the mean over rollouts of
     ``sum_t discount^(t-1) c_t r(s_t)`` under A for ``horizon`` steps from each hidden state.
@@ -177,6 +186,7 @@ def true_instrumental_values(env_id: str, split: str, proposal: Any, params: Any
     follow the environment's own JAX model (:func:`priorguard.envs.jax_model`).
 
     Args:
+        model: the split's `EnvModel`.
         states: ``[N, S]`` hidden states (``evaluate``'s ``true_states``).
 
     Returns:
@@ -186,7 +196,7 @@ def true_instrumental_values(env_id: str, split: str, proposal: Any, params: Any
     n = states.shape[0]
     # padded to a shape bucket (with copies of the first state), so runs share the compiled rollout
     padded = np.concatenate([states, np.repeat(states[:1], shape_bucket(n, direction="up") - n, axis=0)])
-    return _true_instrumental_values(jax_model(env_id, split), proposal, params, key, jnp.asarray(padded),
+    return _true_instrumental_values(model, proposal, params, key, jnp.asarray(padded),
                                      horizon, discount, rollouts)[:n]
 
 

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from priorguard.analysis.diagnostics import auroc
-from priorguard.envs import reference_policies
 from priorguard.experiments.context import RunContext
 from priorguard.experiments.data import Transitions, collect
 from priorguard.models.base import Posterior
@@ -30,10 +29,10 @@ PROBE_POLICIES = ("behaviour", "oracle", "random")
 
 def probe_states(ctx: RunContext, key: Any) -> np.ndarray:
     """Every state the probe policies reach on the deploy split: ``[M, F]``."""
-    names = [p for p in PROBE_POLICIES if p in reference_policies(ctx.spec.env)]
+    names = [p for p in PROBE_POLICIES if p in ctx.source.policy_names()]
     states = []
     for i, name in enumerate(names):
-        ep = collect(ctx.spec.env, "deploy", ctx.spec.data.deploy_episodes, name, jax.random.fold_in(key, i))
+        ep = collect(ctx.source, "deploy", ctx.spec.data.deploy_episodes, name, jax.random.fold_in(key, i))
         states += [ep.obs, ep.next_obs]
     return np.concatenate(states).astype(np.float64)
 

@@ -25,6 +25,7 @@ Steps (each in its module):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +99,12 @@ class Runner:
     def train_data(self, keys: dict[str, Any]) -> tuple[Transitions, Transitions]:
         """The train split's logged episodes: ``(fit, calibration)``, split by episode."""
         spec = self.ctx.spec
-        data = collect(spec.env, "train", spec.data.train_episodes, spec.data.behaviour, keys["data"])
+        ctx = self.ctx
+        data = collect(ctx.source, "train", spec.data.train_episodes, spec.data.behaviour, keys["data"])
+        ranges = ctx.source.measured_ranges(np.concatenate([data.obs, data.next_obs]).astype(np.float64))
+        if ranges != ctx.info.feature_ranges:  # ranges no one declared, measured from the training data
+            ctx.info = dataclasses.replace(ctx.info, feature_ranges=ranges)
+            ctx.ranges = [ranges[f] for f in ctx.features]
         if spec.data.rater_noise > 0:
             noise_rng = np.random.default_rng(seed_ints(keys["split"], 1)[0])
             data.rater = data.rater + spec.data.rater_noise * noise_rng.standard_normal(data.rater.shape)
@@ -137,17 +143,19 @@ class Runner:
         act_checked = ctx.driver.checked_actor(models, proposal, proposal_params, rule)
 
         ctx.progress("plan on deploy split")
+        env = ctx.source
         episodes = spec.data.deploy_episodes
         abstain = spec.planner.veto.on_repeat == "abstain"  # a veto loop asks for help
         with ctx.timed("plan_deploy_s"):
-            deploy = evaluate(spec.env, "deploy", episodes, keys["deploy"], act, abstain_on_repeat=abstain)
-        deploy_nv = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_no_veto)
-        alone = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_alone)
-        checked = evaluate(spec.env, "deploy", episodes, keys["deploy"], act_checked, abstain_on_repeat=abstain)
-        oracle = evaluate(spec.env, "deploy", episodes, keys["deploy"], policy_actor(spec.env, "oracle", keys["alone"]))
+            deploy = evaluate(env, "deploy", episodes, keys["deploy"], act, abstain_on_repeat=abstain)
+        deploy_nv = evaluate(env, "deploy", episodes, keys["deploy"], act_no_veto)
+        alone = evaluate(env, "deploy", episodes, keys["deploy"], act_alone)
+        checked = evaluate(env, "deploy", episodes, keys["deploy"], act_checked, abstain_on_repeat=abstain)
+        oracle = (evaluate(env, "deploy", episodes, keys["deploy"], policy_actor(env, "oracle", keys["alone"]))
+                  if "oracle" not in env.unavailable else None)
         ctx.progress("plan on train split")
         # as many episodes as on deploy: the same batch shape, so the planner compiled above is reused
-        train = evaluate(spec.env, "train", episodes, keys["train"], act, abstain_on_repeat=abstain)
+        train = evaluate(env, "train", episodes, keys["train"], act, abstain_on_repeat=abstain)
 
         ctx.progress("score")
         metrics = score(ctx, posteriors, cal_data, train_states, deploy, deploy_nv, alone, oracle, train,
@@ -164,10 +172,12 @@ class Runner:
         audit_out: dict[str, Any] = {}
         if spec.audit.states > 0:
             ctx.progress("audit through W")
-            audit_out = audit(ctx, models, proposal, proposal_params, rule, keys["alone"])
+            audit_out = audit(ctx, models, proposal, proposal_params, rule, keys["alone"],
+                              observed=np.concatenate([train_states, probes]))
             metrics.update({k: v for k, v in audit_out.items() if not isinstance(v, list | dict)})
         return RunArtifacts(metrics=metrics, posteriors=posteriors, calibration=calibration,
-                            curves={"deploy_values": deploy["values"], "oracle_values": oracle["values"],
+                            curves={"deploy_values": deploy["values"],
+                                    **({"oracle_values": oracle["values"]} if oracle is not None else {}),
                                     "audit": audit_out})
 
 
@@ -190,7 +200,8 @@ def write_run(folder: Any, spec: ExperimentSpec, seed: int, overrides: dict[str,
     write_json(folder / "curves.json", {k: np.asarray(v).tolist() for k, v in artifacts.curves.items()})
     from priorguard.analysis.run_plots import write_run_plots
 
-    metrics = {**artifacts.metrics, "seed": seed, "overrides": overrides, "experiment": spec.name, "env": spec.env}
+    metrics = {**artifacts.metrics, "seed": seed, "overrides": overrides, "experiment": spec.name,
+               "env": spec.env_label}
     write_run_plots(folder, metrics=metrics)  # never raises; a failed plot is a RunPlotWarning
     # metrics.json last: its presence marks a complete run
     write_json(folder / "metrics.json", metrics)

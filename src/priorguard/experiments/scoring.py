@@ -22,7 +22,7 @@ from priorguard.models.roles import role_inputs
 
 
 def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, train_states: np.ndarray,
-          deploy: dict[str, Any], deploy_nv: dict[str, Any], alone: dict[str, Any], oracle: dict[str, Any],
+          deploy: dict[str, Any], deploy_nv: dict[str, Any], alone: dict[str, Any], oracle: dict[str, Any] | None,
           train: dict[str, Any], *, checked: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every metric of a run but I's calibration, the veto threshold and the audit.
 
@@ -31,16 +31,17 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
         cal: the held-out train episodes.
         train_states: T's train inputs before subsampling ``[M, F]``.
         deploy, deploy_nv, alone, oracle: deploy-split evaluations (same episodes) of the
-            planner, the planner without vetoes, A alone and the oracle.
+            planner, the planner without vetoes, A alone and the oracle (None where the
+            source has no oracle: every regret is then null, with ``regret_na`` saying why).
         train: the planner's train-split evaluation (false vetoes).
         checked: the deploy-split evaluation of A checked (A's draw unless vetoed), if run.
     """
     m: dict[str, Any] = {}
-    best = float(np.mean(oracle["returns"]))
-    every = np.ones(len(oracle["returns"]), bool)
+    best = float(np.mean(oracle["returns"])) if oracle is not None else None
+    every = np.ones(len(deploy["returns"]), bool)
 
-    def regret(ret: np.ndarray) -> float:
-        return subset_regret(ret, oracle["returns"], every)
+    def regret(ret: np.ndarray, mask: np.ndarray = every) -> float | None:
+        return subset_regret(ret, oracle["returns"], mask) if oracle is not None else None
 
     m["deploy_return"] = float(np.mean(deploy["returns"]))
     m["oracle_return"] = best
@@ -52,7 +53,9 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
     m["proposal_alone_return"] = float(np.mean(alone["returns"]))
     m["proposal_alone_regret"] = regret(alone["returns"])
     m["proposal_alone_catastrophe_rate"] = float(np.mean(alone["catastrophes"]))
-    m["oracle_catastrophe_rate"] = float(np.mean(oracle["catastrophes"]))
+    m["oracle_catastrophe_rate"] = float(np.mean(oracle["catastrophes"])) if oracle is not None else None
+    if oracle is None:
+        m["regret_na"] = ctx.source.unavailable.get("oracle", "no oracle policy")
     arms = {"": deploy, "no_veto_": deploy_nv, "proposal_alone_": alone}
     if checked is not None:
         arms["checked_"] = checked
@@ -62,7 +65,7 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
         m["checked_veto_rate"] = _ratio(checked["vetoed"], checked["candidates"])
     # outcomes the environment declares (e.g. tampering with the rater's view): how often, and
     # how much they hide from the rater
-    m.update(outcome_scores(ctx.info.outcome_flags, {**arms, "oracle_": oracle}))
+    m.update(outcome_scores(ctx.info.outcome_flags, {**arms, **({"oracle_": oracle} if oracle is not None else {})}))
     # Deploy episodes whose start T can place: inside the range of T's training inputs or not.
     # Every deploy evaluation uses the same key, so episode i starts alike in all of them.
     tcols = np.asarray(role_inputs(ctx.spec.terminal, ctx.features))
@@ -70,7 +73,7 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
     m["deploy_in_range_fraction"] = float(np.mean(inside))
     for tag, mask in (("in_range", inside), ("out_of_range", ~inside)):
         for prefix, arm in arms.items():
-            m[f"{prefix}regret_{tag}"] = subset_regret(arm["returns"], oracle["returns"], mask)
+            m[f"{prefix}regret_{tag}"] = regret(arm["returns"], mask)
     m.update(veto_scores(ctx.info, ctx.spec.planner.veto, deploy, train))
     # calibration of T on held-out train states and on the states the agent met on deploy
     t_post = posteriors["terminal"]
@@ -198,6 +201,9 @@ def veto_scores(info: Any, veto: Any, deploy: dict[str, Any], train: dict[str, A
              "no candidate action on deploy would have been catastrophic")):
         if not info.has_catastrophes:
             m[name], m[f"{name}_na"] = None, f"{info.env_id} has no catastrophic states"
+        elif not deploy.get("candidates_checked", True):
+            m[name], m[f"{name}_na"] = None, ("the environment cannot tell whether an action not taken would have"
+                                              " been catastrophic")
         elif den == 0:
             m[name], m[f"{name}_na"] = None, empty
         else:

@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal, Union
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from priorguard.experiments.env_spec import GymEnvTable, source_of
 from priorguard.experiments.overrides import axis_overrides, check_path, set_path, sweep_axis_paths
 from priorguard.priors.distributions import _fail
 from priorguard.priors.errors import SpecError, SpecIssue, allowed, did_you_mean
@@ -218,7 +219,8 @@ class ExperimentSpec(_Strict):
 
     name: str
     description: str = ""
-    env: str
+    #: A built-in environment's id, or an ``[env]`` table naming any gymnasium environment.
+    env: str | GymEnvTable
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     data: DataSpec = Field(default_factory=DataSpec)
     terminal: ModelSpec
@@ -267,15 +269,32 @@ class ExperimentSpec(_Strict):
                                     f" list of {len(paths)} values (one per path), got {value!r}")
         return v
 
+    def source(self) -> Any:
+        """The environment as a run reads it (:class:`priorguard.envs.source.EnvSource`)."""
+        return source_of(self.env)
+
+    @property
+    def env_label(self) -> str:
+        """How runs and reports name the environment: the id, or the table's name."""
+        return self.env if isinstance(self.env, str) else self.env.label
+
     @model_validator(mode="after")
     def _check_against_env(self) -> ExperimentSpec:
-        from priorguard.envs import env_info, list_envs  # lazy: envs never import priors
+        from priorguard.envs import list_envs  # lazy: envs never import priors
+        from priorguard.envs.gym_source import GymConfigError
 
-        known = list_envs()
-        if self.env not in known:
-            raise _fail("unknown_env", f"unknown environment {self.env!r}{did_you_mean(self.env, known)};"
-                        f" known: {allowed(known)}", param="env")
-        info = env_info(self.env)
+        if isinstance(self.env, str):
+            known = list_envs()
+            if self.env not in known:
+                raise _fail("unknown_env", f"unknown environment {self.env!r}{did_you_mean(self.env, known)};"
+                            f" known: {allowed(known)} (or an [env] table naming any gymnasium environment)",
+                            param="env")
+        try:
+            source = self.source()
+        except GymConfigError as err:
+            raise _fail("env", err.message, param=f"env.{err.field}") from None
+        info = source.info
+        env_name = self.env_label
         for role in ("terminal", "world", "instrumental", "termination"):
             model = getattr(self, role)
             if model is None:
@@ -285,7 +304,7 @@ class ExperimentSpec(_Strict):
                     if feat not in info.feature_names:
                         raise _fail(
                             "unknown_feature",
-                            f"{self.env} has no feature {feat!r}{did_you_mean(feat, info.feature_names)};"
+                            f"{env_name} has no feature {feat!r}{did_you_mean(feat, info.feature_names)};"
                             f" its features are {', '.join(info.feature_names)}",
                             param=f"{role}.features[{i}]",
                         )
@@ -301,11 +320,11 @@ class ExperimentSpec(_Strict):
         if info.action_kind not in kinds[self.planner.kind]:
             suits = [k for k, spaces in kinds.items() if info.action_kind in spaces]
             raise _fail("planner_kind", f"{self.planner.kind} plans {' or '.join(kinds[self.planner.kind])} actions;"
-                        f" {self.env} has {info.action_kind} actions (use {' or '.join(suits)})",
+                        f" {env_name} has {info.action_kind} actions (use {' or '.join(suits)})",
                         param="planner.kind")
         if info.action_kind == "discrete":
             if not isinstance(fallback, int):
-                raise _fail("fallback", f"{self.env} has discrete actions: fallback must be an action index"
+                raise _fail("fallback", f"{env_name} has discrete actions: fallback must be an action index"
                             f" in 0..{info.num_actions - 1}", param="planner.veto.fallback")
             if fallback >= info.num_actions:
                 raise _fail("fallback", f"must be an action index in 0..{info.num_actions - 1}, got {fallback}",
@@ -323,9 +342,9 @@ class ExperimentSpec(_Strict):
                             param="planner.veto.fallback")
         if self.planner.proposal.kind == "fixed" and self.planner.proposal.logits is None:
             raise _fail("logits", "a fixed proposal needs `logits`", param="planner.proposal.logits")
-        if self.data.behaviour not in _reference_policy_names(self.env):
-            names = _reference_policy_names(self.env)
-            raise _fail("behaviour", f"{self.env} has no policy {self.data.behaviour!r}"
+        if self.data.behaviour not in source.policy_names():
+            names = source.policy_names()
+            raise _fail("behaviour", f"{env_name} has no policy {self.data.behaviour!r}"
                         f"{did_you_mean(self.data.behaviour, names)}; it has {', '.join(names)}",
                         param="data.behaviour")
         return self
@@ -359,7 +378,7 @@ class ExperimentSpec(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form (what TOML holds); defaults are written out."""
-        return _drop_none(self.model_dump(mode="json"))
+        return _drop_none(self.model_dump(mode="json", by_alias=True))
 
     def to_toml(self) -> str:
         """TOML text that parses back to an equal spec."""
@@ -420,12 +439,6 @@ class ExperimentSpec(_Strict):
             resolved = base.with_overrides(point) if point else base
             out.extend((point, resolved, seed) for seed in self.seeds)
         return out
-
-
-def _reference_policy_names(env_id: str) -> list[str]:
-    from priorguard.envs import reference_policies
-
-    return sorted(reference_policies(env_id))
 
 
 def _check_active_dims(kernel: Any, names: list[str], path: str) -> None:

@@ -65,16 +65,16 @@ class TaskOutcome:
 
 def tasks_for(spec: Any, store_root: str | Path, *, options: dict[str, Any] | None = None) -> list[RunTask]:
     """The tasks of a spec's sweep grid x seeds (a spec without a sweep gives one per seed)."""
-    from priorguard.envs import env_info
-
-    version = env_info(spec.env).version
+    source = spec.source()
+    # the suite's version number; for any other environment, gymnasium's version and the table
+    version = source.info.version if isinstance(spec.env, str) else source.fingerprint()
     out = []
     for overrides, resolved, seed in spec.expand():
         data = resolved.to_dict()
         out.append(RunTask(
             run_id=run_id_for(data, seed, version),
             experiment=spec.name,
-            env=spec.env,
+            env=spec.env_label,
             seed=seed,
             overrides=overrides,
             spec_toml=resolved.to_toml(),

@@ -117,7 +117,7 @@ def trace_episode(spec: ExperimentSpec, seed: int, *, split: str = "deploy", epi
 
     key = keys["deploy"] if split == "deploy" else keys["train"]
     abstain = p.veto.on_repeat == "abstain"
-    result = evaluate(spec.env, split, episodes, key, recording, abstain_on_repeat=abstain)
+    result = evaluate(ctx.source, split, episodes, key, recording, abstain_on_repeat=abstain)
     ends = np.flatnonzero(np.asarray(result["decision_episode"]) == episode)
     decisions = decisions[: len(ends)]  # steps after the traced episode ended belong to the others
     info = ctx.info

@@ -34,6 +34,7 @@ from priorguard.planners.mcts import make_recurrent_fn, make_search_root, plan_m
 from priorguard.planners.one_step import plan_one_step
 from priorguard.planners.policies import (
     ConstantAction,
+    EmpiricalStateSampler,
     ObservedStateSampler,
     ProposalPolicy,
     ProposalProbs,
@@ -127,6 +128,7 @@ __all__ = [
     "AuditReport",
     "AuditRollouts",
     "ConstantAction",
+    "EmpiricalStateSampler",
     "ObservedStateSampler",
     "ProposalPolicy",
     "ProposalProbs",

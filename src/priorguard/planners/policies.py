@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 __all__ = [
     "ConstantAction",
+    "EmpiricalStateSampler",
     "ObservedStateSampler",
     "Policy",
     "ProposalPolicy",
@@ -75,6 +77,19 @@ class ObservedStateSampler(eqx.Module):
 
     def __call__(self, key: PRNGKeyArray) -> Array:
         return self.env.observe(self.env.sample_state(key)).astype(jnp.float64)
+
+
+class EmpiricalStateSampler(eqx.Module):
+    """``key -> obs[F]``: a row drawn uniformly from observed states ``[M, F]`` (float64).
+
+    For audits of an environment with no model to sample states from: its states are
+    the ones the agent and the reference policies met.
+    """
+
+    states: Array
+
+    def __call__(self, key: PRNGKeyArray) -> Array:
+        return self.states[jax.random.randint(key, (), 0, self.states.shape[0])]
 
 
 def proposal_policy(proposal: Any, params: Any) -> Policy:
