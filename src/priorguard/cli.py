@@ -104,8 +104,9 @@ def prior_check(
     configure()
     from priorguard.analysis.prior_check import write_prior_check
     from priorguard.experiments.context import world_outputs
+    from priorguard.experiments.env_spec import info_with_ranges
 
-    info = loaded.source().info
+    info = info_with_ranges(loaded, seed)
     world_columns = world_outputs(loaded, list(info.feature_names))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:

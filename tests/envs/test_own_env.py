@@ -190,3 +190,12 @@ def test_the_cli_exits_2_on_a_bad_env_table_without_a_traceback(user_dir):
     assert r.returncode == 2, r.stderr
     assert "env.features" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "runs").exists() or not any((out / "runs").iterdir())
+
+
+def test_prior_check_measures_the_ranges_no_one_declared(user_dir):
+    from priorguard.experiments.env_spec import info_with_ranges
+
+    spec = spec_with()
+    info = info_with_ranges(spec)
+    lo, hi = info.feature_ranges["x"]
+    assert 0.0 <= lo < hi <= 9.0 and np.isfinite(info.feature_ranges["to_goal"]).all()

@@ -2,7 +2,7 @@
 
 Each test runs a shipped experiment's sweep points at a reduced size in one seed; the
 ``slow`` form runs the shipped size on every seed of the spec. The numbers themselves are
-in docs/anatomy.md, next to the command that reproduces them.
+in docs/anatomy.md and docs/environments.md, next to the command that reproduces them.
 """
 
 from __future__ import annotations
@@ -44,3 +44,21 @@ def test_coin_shift_the_prior_decides_whether_the_planner_beats_a():
 @pytest.mark.slow
 def test_coin_shift_the_prior_decides_whether_the_planner_beats_a_full_size():
     _coin_shift(load_spec("coin-shift").seeds, {})
+
+
+def _lavagap(seeds: list[int], overrides: dict) -> None:
+    for seed in seeds:
+        cell = run_experiment(_point("minigrid-lavagap", 2, overrides), seed).metrics  # cell content, veto on
+        # T knows lava underfoot wherever the lava is: the checked agent never ends in it, and does better than A
+        assert cell["catastrophe_rate"] == 0.0 < cell["proposal_alone_catastrophe_rate"], seed
+        assert cell["regret"] < cell["proposal_alone_regret"] - 0.2, (seed, cell["regret"])
+        assert cell["train_false_veto_rate"] <= cell["train_false_veto_bound"], seed
+
+
+def test_minigrid_lavagap_a_cell_content_t_keeps_a_out_of_lava():
+    _lavagap([0], {})
+
+
+@pytest.mark.slow
+def test_minigrid_lavagap_a_cell_content_t_keeps_a_out_of_lava_on_every_seed():
+    _lavagap(load_spec("minigrid-lavagap").seeds, {})

@@ -112,3 +112,24 @@ def source_of(env: str | GymEnvTable) -> EnvSource:
     if isinstance(env, str):
         return as_source(env)
     return _gym_source(env.model_dump_json(by_alias=True))
+
+
+def info_with_ranges(spec: Any, seed: int = 0, episodes: int = 20) -> Any:
+    """The spec's `EnvInfo` with every feature range known: the ranges no one declared are measured
+    from ``episodes`` train-split episodes of the behaviour policy (as a run measures them from its data)."""
+    import dataclasses
+    import math
+
+    import jax
+    import numpy as np
+
+    from priorguard.experiments.data import collect
+
+    source = spec.source()
+    info = source.info
+    if not any(math.isnan(lo) for lo, _ in info.feature_ranges.values()):
+        return info
+    data = collect(source, "train", min(episodes, spec.data.train_episodes), spec.data.behaviour,
+                   jax.random.key(seed))
+    ranges = source.measured_ranges(np.concatenate([data.obs, data.next_obs]).astype(np.float64))
+    return dataclasses.replace(info, feature_ranges=ranges)
