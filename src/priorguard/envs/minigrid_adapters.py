@@ -52,9 +52,14 @@ def _kind(env: Any, x: int, y: int) -> str | None:
 
 
 def _goal(env: Any) -> tuple[int, int]:
+    """The goal's cell, found once per grid (a reset makes a new grid; steps never move the goal)."""
+    cached = getattr(env, "_priorguard_goal", None)
+    if cached is not None and cached[0] is env.grid:
+        return cached[1]
     for x in range(env.width):
         for y in range(env.height):
             if _kind(env, x, y) == "goal":
+                env._priorguard_goal = (env.grid, (x, y))
                 return x, y
     raise ValueError("the grid has no goal")
 
