@@ -6,14 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from priorguard.priors.errors import SpecError
+if TYPE_CHECKING:  # imported where it is caught: the priors pull in JAX, and --help needs none of it
+    from priorguard.priors.errors import SpecError
 
 app = typer.Typer(
     name="priorguard",
@@ -43,6 +44,7 @@ def _spec_fail(e: SpecError) -> NoReturn:
 
 def _load(spec: str, overrides: list[str] | None = None):
     from priorguard.experiments import load_spec, parse_override
+    from priorguard.priors.errors import SpecError
 
     try:
         loaded = load_spec(spec)
@@ -57,6 +59,7 @@ def _at_point(spec: str, point: int, overrides: list[str] | None):
     """The spec at sweep point ``point`` (no sweep left), then the user's overrides: they win
     over the point's value of the same field."""
     from priorguard.experiments import parse_override
+    from priorguard.priors.errors import SpecError
 
     loaded = _load(spec)
     points = list(loaded.sweep_points())  # one empty point without a sweep
@@ -467,7 +470,11 @@ def main() -> None:
     """Console entry point."""
     try:
         app(prog_name="priorguard")  # also after entry()'s re-exec as `python -m priorguard.cli`
-    except SpecError as e:  # raised past a command's own handling
+    except Exception as e:  # a SpecError raised past a command's own handling
+        from priorguard.priors.errors import SpecError
+
+        if not isinstance(e, SpecError):
+            raise
         try:
             _spec_fail(e)
         except typer.Exit as done:

@@ -144,3 +144,13 @@ def test_experiment_processes_use_one_blas_thread_unless_told_otherwise():
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert 2 in json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_neither_jax_nor_the_priors():
+    """`priorguard --help` (and loading the CLI) stays light: JAX, numpyro and the spec's priors load
+    only when a command needs them."""
+    code = ("import sys, priorguard.cli; heavy = [m for m in ('jax', 'numpyro', 'equinox', 'priorguard.priors')"
+            " if m in sys.modules]; print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout

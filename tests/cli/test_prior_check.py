@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from priorguard.analysis.diagnostics import read_datatree
 
@@ -47,3 +48,26 @@ def test_prior_check_bad_spec_writes_nothing(tmp_path):
     assert r.returncode == 2 and "terminal.noise" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.toml"]
+
+
+SHIPPED = sorted(p.stem for p in (ROOT / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_prior_check_draws_every_shipped_experiments_priors(name, tmp_path):
+    """What the CLI's prior-check does, in-process: every role's prior draws, for every shipped spec
+    (a fixed numeric GP mean, a gymnasium env whose ranges are measured, ...)."""
+    from priorguard.analysis.prior_check import write_prior_check
+    from priorguard.experiments.catalog import load_spec
+    from priorguard.experiments.context import world_outputs
+    from priorguard.experiments.env_spec import info_with_ranges
+
+    spec = load_spec(name)
+    info = info_with_ranges(spec)
+    written = write_prior_check(spec.model_roles(), info, tmp_path, seed=0, num_draws=3,
+                                world_columns=world_outputs(spec, list(info.feature_names)))
+    for role in spec.model_roles():
+        dt = read_datatree(tmp_path / f"prior_{role}.nc")
+        draws = dt["prior_predictive"]
+        assert all(np.isfinite(draws[v].values).all() for v in draws.data_vars), role
+    assert written

@@ -65,7 +65,8 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int,
         bars["structure"] = [(s.expression, p) for s, p in prior[:12]]
         kernel = prior[0][0].to_kernel(ard=kernel.ard)
     zero_at = [-lo / (hi - lo) for lo, hi in ranges]  # the grid is in model units (the unit cube)
-    program = compile_program(kernel, noise=spec.noise, mean=spec.mean, feature_names=names,
+    fixed = not isinstance(spec.mean, str)  # a number: a fixed prior mean in the targets' units
+    program = compile_program(kernel, noise=spec.noise, mean="zero" if fixed else spec.mean, feature_names=names,
                               site_prefix=role, noise_floor=spec.noise_floor, zero_at=zero_at)
     k_hyper, k_f, k_eps = jax.random.split(key, 3)
     draws = Predictive(lambda: gp_model(program), num_samples=n)(k_hyper)
@@ -82,6 +83,8 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int,
         return jax.vmap(per_feature)(x, jax.random.split(key_s, x.shape[0]))
 
     latent = np.asarray(jax.vmap(one)(theta, jax.random.split(k_f, n)))[..., None]  # [S, F, G, 1]
+    if fixed:
+        latent = latent + float(spec.mean)
     noise = np.asarray(theta[f"{role}/noise"]).reshape(n, 1, 1, 1)
     observed = latent + noise * np.asarray(jax.random.normal(k_eps, latent.shape))
     hyper = {k: np.asarray(v) for k, v in draws.items()}

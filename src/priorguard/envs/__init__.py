@@ -28,7 +28,6 @@ from priorguard.envs.base import SPLITS, Dynamics, EnvInfo, OutcomeFlag
 from priorguard.envs.coin_shift import CoinShiftEnv
 from priorguard.envs.gym_env import PriorguardEnv
 from priorguard.envs.lava_shift import LavaShiftEnv
-from priorguard.envs.model import EnvModel
 from priorguard.envs.policies import Policy
 from priorguard.envs.registry import (
     env_info,
@@ -42,6 +41,14 @@ from priorguard.envs.shifted_pendulum import ShiftedPendulumEnv
 from priorguard.envs.vault import VaultEnv
 
 register_envs()
+
+
+def __getattr__(name: str):  # EnvModel (JAX) on first use: importing the suite stays light
+    if name == "EnvModel":
+        from priorguard.envs.model import EnvModel
+
+        return EnvModel
+    raise AttributeError(f"module 'priorguard.envs' has no attribute {name!r}")
 
 __all__ = [
     "SPLITS",

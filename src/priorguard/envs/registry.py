@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 
@@ -18,10 +18,12 @@ from priorguard.envs.assistant import AssistantDynamics, assistant_policies
 from priorguard.envs.base import Dynamics, EnvInfo, check_split
 from priorguard.envs.coin_shift import CoinShiftDynamics, coin_shift_policies
 from priorguard.envs.lava_shift import LavaShiftDynamics, lava_shift_policies
-from priorguard.envs.model import EnvModel
 from priorguard.envs.policies import Policy
 from priorguard.envs.shifted_pendulum import ShiftedPendulumDynamics, shifted_pendulum_policies
 from priorguard.envs.vault import VaultDynamics, vault_policies
+
+if TYPE_CHECKING:
+    from priorguard.envs.model import EnvModel
 
 __all__ = ["env_info", "jax_model", "list_envs", "reference_policies", "register_env", "register_envs"]
 
@@ -180,6 +182,8 @@ def jax_model(env_id: str, split: str, **env_kwargs: Any) -> EnvModel:
         >>> states.shape
         (4, 3)
     """
+    from priorguard.envs.model import EnvModel  # JAX: imported on first use
+
     return EnvModel(_dynamics(env_id, split, env_kwargs))
 
 

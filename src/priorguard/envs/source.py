@@ -22,13 +22,15 @@ import abc
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
 
 from priorguard.envs.base import EnvInfo
-from priorguard.envs.model import EnvModel
+
+if TYPE_CHECKING:
+    from priorguard.envs.model import EnvModel
 
 __all__ = ["EnvSource", "SourcePolicy", "Step", "StepEnv", "SuiteSource", "as_source"]
 

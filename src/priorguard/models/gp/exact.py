@@ -116,6 +116,16 @@ class GPPosterior(eqx.Module):
         mean, var, noise = exact_components(self.state, x)
         return mixture_moments(self.state.weights, mean, var, noise)
 
+    def to_gpjax(self, *, output: int = 0, sample: int | None = None) -> Any:
+        """The same GP as GPJax 1.0 objects: a ``ConjugateModel`` and its ``Dataset`` (model units),
+        with ``predict(x)`` in raw units equal to this posterior's mean and epistemic variance.
+
+        See :func:`priorguard.models.gp._gpjax.export_exact` (arguments and errors).
+        """
+        from priorguard.models.gp._gpjax import export_exact
+
+        return export_exact(self.state, output=output, sample=sample)
+
     def sample_moments(self, x: Float[Array, "M D"]) -> tuple[Array, Array, Array]:
         """Per-hyperparameter-sample latent mean, latent variance and noise variance, each ``[S, M, O]``."""
         return exact_components(self.state, x)
