@@ -8,7 +8,7 @@ posterior is a :class:`~priorguard.models.base.Posterior`.
 Modules, from the bottom: ``features`` (random features), ``linalg``,
 ``kernels`` (the compiled kernel), ``data``, ``objective`` (model and MAP),
 ``state`` (conditioning), ``draws``, ``loo``, ``exact``, ``sparse``, ``search``,
-``fit`` (the dispatch), ``registry`` (kernel kinds from outside); ``_gpjax`` holds the GPJax twin for tests and benchmarks.
+``fit`` (the dispatch), ``registry`` (kernel kinds from outside); ``_gpjax`` holds the GPJax twin for tests, benchmarks and ``GPPosterior.to_gpjax``.
 """
 
 from priorguard.models.gp.exact import GPPosterior, condition_gp, fit_exact_gp

@@ -1,4 +1,5 @@
-"""The GPJax twin of a compiled kernel: cross-checks (tests) and the benchmark baseline.
+"""The GPJax twin of a compiled kernel: cross-checks (tests), the benchmark baseline, and the
+export of a fitted exact GP (`export_exact`, behind ``GPPosterior.to_gpjax``).
 
 This is the one module that touches GPJax's API (GPJax changes it at every
 minor release; it is pinned to 1.0.0). The hot paths of
