@@ -204,21 +204,11 @@ def schema(
         out.print(f"wrote {output}")
 
 
-def _metrics_table(title: str, rows: list[tuple[str, dict]], keys: list[str]) -> Table:
-    """Metrics as rows, runs as columns (readable in a narrow terminal)."""
-    t = Table(title=title)
-    t.add_column("metric", no_wrap=True)
-    for name, _ in rows:
-        t.add_column(name, justify="right")
-    for k in keys:
-        t.add_row(k, *(_fmt(metrics.get(k)) for _, metrics in rows))
-    return t
+def _check_format(fmt_name: str) -> None:
+    from priorguard._tables import FORMATS
 
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if value != value else f"{value:.3g}"
-    return "n/a" if value is None else str(value)
+    if fmt_name not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}; got {fmt_name!r}")
 
 
 def _table_keys(spec: Any, runs: list[dict]) -> list[str]:
@@ -242,6 +232,7 @@ def run(
     seed: Annotated[int | None, typer.Option("--seed", help="Run only this seed.")] = None,
     all_points: Annotated[bool, typer.Option("--sweep", help="Run every sweep point (default: the first).")] = False,
     point: Annotated[int, typer.Option("--point", min=0, help="Which sweep point to run (0: the first).")] = 0,
+    fmt_name: Annotated[str, typer.Option("--format", help="Results as table | csv | json.")] = "table",
 ) -> None:
     """Run an experiment: fit T, W, I (and D) on the train split, plan on deploy, score against the truth.
 
@@ -252,12 +243,13 @@ def run(
 
     if all_points and point:
         _fail("--point picks one sweep point; --sweep runs them all: give one of them")
+    _check_format(fmt_name)
     loaded = _load(spec, set_) if all_points else _at_point(spec, point, set_)
     _prepare_out(out_dir)
     if seed is not None:
         loaded = loaded.model_copy(update={"seeds": [seed]})
     configure()
-    _sweep_and_report(loaded, out_dir, workers=1, backend="local", address=None, progress=True)
+    _sweep_and_report(loaded, out_dir, workers=1, backend="local", address=None, progress=True, fmt_name=fmt_name)
 
 
 @app.command()
@@ -270,6 +262,7 @@ def sweep(
     address: Annotated[str | None, typer.Option(
         "--address", help="Ray cluster address (HOST:PORT, or auto for the cluster of `ray start`); "
                           "default: a local Ray on loopback with --workers CPUs.")] = None,
+    fmt_name: Annotated[str, typer.Option("--format", help="Results as table | csv | json.")] = "table",
 ) -> None:
     """Run the spec's sweep grid x seeds; resumes where a previous sweep stopped."""
     from priorguard._runtime import configure
@@ -278,6 +271,7 @@ def sweep(
         _fail(f"--backend must be 'local' or 'ray', got {backend!r}")
     if address is not None and backend != "ray":
         _fail("--address is for --backend ray")
+    _check_format(fmt_name)
     loaded = _load(spec, set_)
     _prepare_out(out_dir)
     if backend == "ray":
@@ -289,11 +283,12 @@ def sweep(
         except BackendError as e:
             _fail(escape(str(e)))
     configure()
-    _sweep_and_report(loaded, out_dir, workers=workers, backend=backend, address=address, progress=False)
+    _sweep_and_report(loaded, out_dir, workers=workers, backend=backend, address=address, progress=False,
+                      fmt_name=fmt_name)
 
 
 def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, address: str | None,
-                      progress: bool) -> None:
+                      progress: bool, fmt_name: str = "table") -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from priorguard.store import ResultStore, StoreBusyError
@@ -333,16 +328,18 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
                 run_sweep(tasks, store, workers=workers, backend=backend, address=address, on_event=on_event)
         except (BackendError, StoreBusyError) as e:
             _fail(escape(str(e)))
-    ids = {t.run_id for t in tasks}
-    rows = []
-    for rec in store.records(experiment=loaded.name):
-        if rec.run_id in ids and rec.metrics:
-            label = f"seed={rec.seed}" + "".join(f" {k}={v}" for k, v in rec.overrides.items())
-            rows.append((label, rec.metrics))
+    from priorguard._tables import RunRow, label as row_label, points_of, print_metrics
+
+    order = {t.run_id: i for i, t in enumerate(tasks)}  # the sweep's order: points, then seeds
+    rows = sorted((RunRow(rec.run_id, rec.seed, rec.overrides, rec.metrics)
+                   for rec in store.records(experiment=loaded.name) if rec.run_id in order and rec.metrics),
+                  key=lambda row: order[row.run_id])
     if rows:
-        shown = _table_keys(loaded, [metrics for _, metrics in rows])
-        out.print(_metrics_table(f"{loaded.name} ({out_dir})", rows, shown))
-        for label, metrics in rows:  # what a number in the table cannot say
+        shown = _table_keys(loaded, [row.metrics for row in rows])
+        print_metrics(out, f"{loaded.name} ({out_dir})", rows, shown, fmt_name=fmt_name)
+        points = points_of(rows)
+        for row in rows:  # what a number in the table cannot say
+            label, metrics = row_label(row, points), row.metrics
             for key in ("veto_calibration_warning", "veto_precision_na", "veto_recall_na"):
                 if metrics.get(key):
                     err.print(f"[yellow]{label}[/]: {key.removesuffix('_na').replace('_', ' ')}: "
@@ -404,8 +401,10 @@ def trace(
     configure()
     from priorguard.experiments.trace import plot_trace, trace_episode
 
+    from priorguard._tables import print_trace
+
     tr = trace_episode(resolved, seed, split=split, episode=episode)
-    _print_trace(tr)
+    print_trace(out, tr)
     if out_path is not None:
         out_path.write_text(json.dumps(tr, indent=1))
         drawn = tr["action_names"] is not None and bool(tr["decisions"])
@@ -414,56 +413,45 @@ def trace(
         out.print(f"wrote {out_path}" + (f" and {out_path.with_suffix('.png')}" if drawn else ""), highlight=False)
 
 
-def _print_trace(tr: dict) -> None:
-    names = tr["action_names"]
-    t = Table(title=f"{tr['experiment']} seed {tr['seed']}: {tr['split']} episode {tr['episode']}, "
-                    f"return {tr['return']:.3g}; veto threshold {_fmt(tr['threshold'])}")
-    t.add_column("t", justify="right")
-    t.add_column("features")
-    if names is not None:
-        for name in names:
-            t.add_column(f"{name}: A / T±sd / V±sd", justify="right")
-    t.add_column("taken")
-    for d in tr["decisions"]:
-        cells = [str(d["t"]), " ".join(f"{v:.3g}" for v in d["obs"])]
-        if names is not None:
-            for a in range(len(names)):
-                mark = " [red]vetoed[/]" if d["vetoed"][a] else ""
-                cells.append(f"{d['a_prob'][a]:.2f} / {d['t_mean'][a]:.2f}±{d['t_std'][a]:.2f} / "
-                             f"{d['value_mean'][a]:.2f}±{d['value_std'][a]:.2f}{mark}")
-        action = d["action"]
-        flat = action if isinstance(action, list) else [action]
-        taken = names[int(action)] if names is not None else " ".join(f"{v:.3g}" for v in flat)
-        cells.append(taken + (" (fallback)" if d["fallback"] else ""))
-        t.add_row(*cells)
-    out.print(t)
-    out.print(f"features: {' '.join(tr['features'])}", highlight=False)
-
-
 @app.command()
 def runs(
     store_dir: Annotated[Path, typer.Argument(help="Result store folder.")] = Path("runs"),
     experiment: Annotated[str | None, typer.Option("--experiment", help="Only this experiment.")] = None,
     status: Annotated[str | None, typer.Option("--status", help="pending | running | done | failed")] = None,
+    fmt_name: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
 ) -> None:
-    """List the runs in a result store."""
+    """List the runs in a result store (full run ids; csv and json hold every field)."""
+    from priorguard._tables import RunRow, fmt, points_of, print_points, write_records
     from priorguard.store import ResultStore
 
     if not (store_dir / "index.sqlite").is_file():
         _fail(f"{store_dir} is not a result store (no index.sqlite)")
     if status is not None and status not in ("pending", "running", "done", "failed"):
         _fail(f"--status must be pending, running, done or failed; got {status!r}")
+    _check_format(fmt_name)
     store = ResultStore(store_dir)
+    records = store.records(experiment=experiment, status=status)
+    if fmt_name != "table":
+        write_records(out, [RunRow(r.run_id, r.seed, r.overrides, r.metrics or {},
+                                   {"experiment": r.experiment, "status": r.status, "seconds": r.seconds,
+                                    "error": r.error}) for r in records], ["regret", "catastrophe_rate"], fmt_name)
+        return
+    rows = [RunRow(r.run_id, r.seed, r.overrides) for r in records]
+    points = points_of(rows)
+    several = len({r.experiment for r in records}) > 1
     t = Table(title=f"runs in {store_dir}")
-    for col in ("run_id", "experiment", "seed", "overrides", "status", "seconds", "regret", "catastrophes",
-                "error"):
-        t.add_column(col)
-    for rec in store.records(experiment=experiment, status=status):
+    for col in ("run_id", *(["experiment"] if several else []), "seed", "point", "status", "seconds", "regret",
+                "catastrophes"):
+        t.add_column(col, no_wrap=True)
+    for rec, row in zip(records, rows):
         m = rec.metrics or {}
-        t.add_row(rec.run_id, rec.experiment, str(rec.seed), json.dumps(rec.overrides), rec.status,
-                  _fmt(rec.seconds), _fmt(m.get("regret")), _fmt(m.get("catastrophe_rate")),
-                  (rec.error or "").splitlines()[0] if rec.error else "")
+        t.add_row(rec.run_id, *([rec.experiment] if several else []), str(rec.seed), f"p{points.index(row.overrides)}",
+                  rec.status, fmt(rec.seconds), fmt(m.get("regret")), fmt(m.get("catastrophe_rate")))
     out.print(t)
+    print_points(out, points)
+    for rec in records:
+        if rec.error:
+            err.print(f"[red]{rec.run_id}[/] failed: {escape(rec.error.splitlines()[0])}", highlight=False)
 
 
 def main() -> None:
