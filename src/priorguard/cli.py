@@ -289,7 +289,15 @@ def sweep(
 
 def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, address: str | None,
                       progress: bool, fmt_name: str = "table") -> None:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from priorguard.store import ResultStore, StoreBusyError
     from priorguard.experiments.sweep import BackendError, run_sweep, tasks_for
@@ -297,7 +305,8 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
     tasks = tasks_for(loaded, out_dir)
     store = ResultStore(out_dir)
     failures = 0
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err,
                   transient=True) as bar:
         overall = bar.add_task(f"{loaded.name}: {len(tasks)} run(s)", total=len(tasks))
 
@@ -321,13 +330,18 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
         try:
             if progress and workers == 1 and backend == "local" and len(tasks) == 1:
                 # a single run in this process: show its steps on the bar
+                from priorguard.experiments.sweep import run_here
+
                 with store.exclusive():
-                    _run_here(loaded, tasks[0], store, on_event,
+                    run_here(loaded, tasks[0], store, on_event,
                               lambda step: bar.update(overall, description=f"{loaded.name}: {step}"))
             else:
                 run_sweep(tasks, store, workers=workers, backend=backend, address=address, on_event=on_event)
         except (BackendError, StoreBusyError) as e:
             _fail(escape(str(e)))
+        except KeyboardInterrupt:
+            bar.stop()
+            _interrupted(store, {t.run_id for t in tasks}, out_dir)
     from priorguard._tables import RunRow, label as row_label, points_of, print_metrics
 
     order = {t.run_id: i for i, t in enumerate(tasks)}  # the sweep's order: points, then seeds
@@ -349,27 +363,13 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
         raise typer.Exit(1)
 
 
-def _run_here(loaded, task, store, on_event, progress) -> None:
-    """One run in this process (its steps reported through ``progress``), recorded in the store."""
-    from priorguard.experiments import runner
-    from priorguard.experiments.sweep import TaskOutcome
-
-    store.reconcile()
-    store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed, overrides=task.overrides)
-    if store.is_done(task.run_id):
-        on_event("skip", task, None)
-        return
-    store.mark_running(task.run_id)
-    try:
-        spec_one = loaded.model_copy(update={"sweep": {}})
-        artifacts = runner.run_experiment(spec_one, task.seed, progress=progress)
-        with store.writing(task.run_id) as folder:
-            runner.write_run(folder, spec_one, task.seed, task.overrides, artifacts)
-        store.mark_done(task.run_id, artifacts.metrics)
-        on_event("done", task, None)
-    except Exception as exc:  # reported, recorded, non-zero exit
-        store.mark_failed(task.run_id, f"{type(exc).__name__}: {exc}")
-        on_event("failed", task, TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}"))
+def _interrupted(store, ids: set[str], out_dir: Path) -> NoReturn:
+    """Ctrl-C: the finished runs stay; the interrupted ones go back to pending (the next sweep resumes them)."""
+    store.reconcile()  # runs marked running without a complete folder -> pending; partial folders removed
+    done = sum(1 for rec in store.records() if rec.run_id in ids and rec.status == "done")
+    err.print(f"[yellow]interrupted[/]: {done} of {len(ids)} run(s) done and kept in {out_dir}; the others are"
+              f" pending, and the same command resumes them", highlight=False)
+    raise typer.Exit(130)
 
 
 @app.command()

@@ -79,3 +79,26 @@ def test_runs_lists_full_ids_and_refuses_an_unknown_format(tmp_path):
     assert listed[0]["run_id"] == "0123456789abcdef" and listed[0]["regret"] == 0.25 and listed[0]["status"] == "done"
     bad = cli("--format", "xml")
     assert bad.returncode == 2 and "--format must be one of table, csv, json" in bad.stderr
+
+
+def test_ctrl_c_keeps_what_finished_and_leaves_the_interrupted_run_pending(tmp_path):
+    import signal
+    import time
+
+    from tiny_sizes import tiny_args
+
+    from priorguard.store import ResultStore
+
+    proc = subprocess.Popen([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path),
+                             "--seed", "0", *tiny_args("coin-shift")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # interrupt once the run is under way
+        if (tmp_path / "index.sqlite").exists() and any(r.status == "running" for r in ResultStore(tmp_path).records()):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "0 of 1 run(s) done" in stderr and "Traceback" not in stderr
+    assert [r.status for r in ResultStore(tmp_path).records()] == ["pending"]

@@ -244,15 +244,23 @@ def _pool_loop(pending, workers, run_fn, emit, finish, store) -> None:
             pending = []
             live = set(futures)
             broken = False
-            while live:
-                done, live = wait(live, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task = futures[fut]
-                    try:
-                        finish(task, fut.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        finish(task, TaskOutcome(task.run_id, False, error="worker process died"))
+            try:
+                while live:
+                    done, live = wait(live, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        task = futures[fut]
+                        try:
+                            finish(task, fut.result())
+                        except BrokenProcessPool:
+                            broken = True
+                            finish(task, TaskOutcome(task.run_id, False, error="worker process died"))
+            except KeyboardInterrupt:
+                # Ctrl-C: queued runs are dropped and running ones stopped now, not finished first
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                for process in processes:
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             if broken:
                 # runs lost with the pool were marked failed; the rest already finished
                 pending = []
@@ -452,3 +460,25 @@ def _receive(store: ResultStore, task: RunTask, result: dict[str, Any]) -> TaskO
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
     return outcome
+
+
+def run_here(loaded: Any, task: RunTask, store: Any, on_event: Any, progress: Any) -> None:
+    """One run in this process (its steps reported through ``progress``), recorded in the store."""
+    from priorguard.experiments import runner
+
+    store.reconcile()
+    store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed, overrides=task.overrides)
+    if store.is_done(task.run_id):
+        on_event("skip", task, None)
+        return
+    store.mark_running(task.run_id)
+    try:
+        spec_one = loaded.model_copy(update={"sweep": {}})
+        artifacts = runner.run_experiment(spec_one, task.seed, progress=progress)
+        with store.writing(task.run_id) as folder:
+            runner.write_run(folder, spec_one, task.seed, task.overrides, artifacts)
+        store.mark_done(task.run_id, artifacts.metrics)
+        on_event("done", task, None)
+    except Exception as exc:  # reported, recorded, non-zero exit
+        store.mark_failed(task.run_id, f"{type(exc).__name__}: {exc}")
+        on_event("failed", task, TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}"))
