@@ -331,6 +331,8 @@ class GymSource(EnvSource):
                                                                                   "max_steps", None)
         if not horizon:
             raise GymConfigError("horizon", f"{cfg.train} has no max_episode_steps: declare env.horizon")
+        for env in envs.values():
+            env.close()
         version = re.search(r"-v(\d+)$", cfg.train)
         return EnvInfo(env_id=self.label, feature_names=names, feature_ranges=self._ranges(envs["train"], names),
                        horizon=int(horizon), version=int(version.group(1)) if version else 0,
@@ -407,7 +409,7 @@ class GymSource(EnvSource):
             out["true_value"] = f"{self.label} declares no true value (env.value): values are the rater's labels"
         return out
 
-    def fingerprint(self) -> str:
+    def fingerprint(self) -> int | str:
         import importlib.metadata as md
 
         return f"gymnasium {md.version('gymnasium')} {dataclasses.asdict(self.config)}"

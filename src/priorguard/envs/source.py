@@ -135,9 +135,10 @@ class EnvSource(abc.ABC):
         """Every feature's ``(low, high)``, measuring the undeclared ones from training states ``[N, F]``."""
         return dict(self.info.feature_ranges)
 
-    def fingerprint(self) -> str:
-        """What identifies this environment's behaviour in a sweep's config hash."""
-        return f"{self.info.env_id}@v{self.info.version}"
+    def fingerprint(self) -> int | str:
+        """What identifies this environment's behaviour in a run's id: the id's version number
+        (the suite's run ids are as they were); sources that can change otherwise say more."""
+        return self.info.version
 
 
 class SuiteStepEnv(StepEnv):
@@ -183,15 +184,17 @@ class SuiteSource(EnvSource):
     def make(self, split: str) -> StepEnv:
         return SuiteStepEnv(self.env_id, split)
 
-    def policy_names(self) -> list[str]:
+    @functools.cached_property
+    def _policies(self) -> dict[str, Any]:
         from priorguard.envs.registry import reference_policies
 
-        return sorted(reference_policies(self.env_id))
+        return reference_policies(self.env_id)
+
+    def policy_names(self) -> list[str]:
+        return sorted(self._policies)
 
     def policy(self, name: str) -> SourcePolicy:
-        from priorguard.envs.registry import reference_policies
-
-        policy = reference_policies(self.env_id)[name]
+        policy = self._policies[name]
         return lambda obs, rng, env: policy(obs, rng)
 
     def model(self, split: str) -> EnvModel:

@@ -6,6 +6,7 @@ generators from it, so the same spec and seed give the same episodes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,12 @@ def collect(source: EnvSource | str, split: str, episodes: int, policy: str, key
             rows["terminated"].append(step.terminated)
             obs, done = step.obs, step.terminated or step.truncated
     return Transitions(*(np.asarray(rows[k]) for k in names))
+
+
+def with_measured_ranges(info: Any, source: EnvSource, data: Transitions) -> Any:
+    """``info`` with every feature range known: the ones no one declared measured from ``data``'s states."""
+    ranges = source.measured_ranges(np.concatenate([data.obs, data.next_obs]).astype(np.float64))
+    return info if ranges == info.feature_ranges else dataclasses.replace(info, feature_ranges=ranges)
 
 
 def fit_size(n: int, cap: int) -> int:

@@ -117,13 +117,11 @@ def source_of(env: str | GymEnvTable) -> EnvSource:
 def info_with_ranges(spec: Any, seed: int = 0, episodes: int = 20) -> Any:
     """The spec's `EnvInfo` with every feature range known: the ranges no one declared are measured
     from ``episodes`` train-split episodes of the behaviour policy (as a run measures them from its data)."""
-    import dataclasses
     import math
 
     import jax
-    import numpy as np
 
-    from priorguard.experiments.data import collect
+    from priorguard.experiments.data import collect, with_measured_ranges
 
     source = spec.source()
     info = source.info
@@ -131,5 +129,4 @@ def info_with_ranges(spec: Any, seed: int = 0, episodes: int = 20) -> Any:
         return info
     data = collect(source, "train", min(episodes, spec.data.train_episodes), spec.data.behaviour,
                    jax.random.key(seed))
-    ranges = source.measured_ranges(np.concatenate([data.obs, data.next_obs]).astype(np.float64))
-    return dataclasses.replace(info, feature_ranges=ranges)
+    return with_measured_ranges(info, source, data)

@@ -25,7 +25,6 @@ Steps (each in its module):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,7 @@ from priorguard.experiments.assemble import fit_models, planning_models
 from priorguard.experiments.audit import audit
 from priorguard.experiments.calibrate import veto_rule
 from priorguard.experiments.context import Progress, RunContext
-from priorguard.experiments.data import Transitions, collect, seed_ints
+from priorguard.experiments.data import Transitions, collect, seed_ints, with_measured_ranges
 from priorguard.experiments.drivers import alone_actor
 from priorguard.experiments.evaluate import evaluate, policy_actor
 from priorguard.experiments.instrumental import TRUE_I_STREAM, instrumental_scores
@@ -101,10 +100,8 @@ class Runner:
         spec = self.ctx.spec
         ctx = self.ctx
         data = collect(ctx.source, "train", spec.data.train_episodes, spec.data.behaviour, keys["data"])
-        ranges = ctx.source.measured_ranges(np.concatenate([data.obs, data.next_obs]).astype(np.float64))
-        if ranges != ctx.info.feature_ranges:  # ranges no one declared, measured from the training data
-            ctx.info = dataclasses.replace(ctx.info, feature_ranges=ranges)
-            ctx.ranges = [ranges[f] for f in ctx.features]
+        ctx.info = with_measured_ranges(ctx.info, ctx.source, data)  # ranges no one declared, from this data
+        ctx.ranges = [ctx.info.feature_ranges[f] for f in ctx.features]
         if spec.data.rater_noise > 0:
             noise_rng = np.random.default_rng(seed_ints(keys["split"], 1)[0])
             data.rater = data.rater + spec.data.rater_noise * noise_rng.standard_normal(data.rater.shape)

@@ -65,9 +65,7 @@ class TaskOutcome:
 
 def tasks_for(spec: Any, store_root: str | Path, *, options: dict[str, Any] | None = None) -> list[RunTask]:
     """The tasks of a spec's sweep grid x seeds (a spec without a sweep gives one per seed)."""
-    source = spec.source()
-    # the suite's version number; for any other environment, gymnasium's version and the table
-    version = source.info.version if isinstance(spec.env, str) else source.fingerprint()
+    version = spec.source().fingerprint()
     out = []
     for overrides, resolved, seed in spec.expand():
         data = resolved.to_dict()
