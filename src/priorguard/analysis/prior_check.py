@@ -170,7 +170,12 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
             in_names, out_names = names, ["episode_ends" if role == "termination" else "value"]
             ranges = [info.feature_ranges[f] for f in names]
         if isinstance(model, GPModel):
-            if len(out_names) > 1:
+            if len(out_names) > 1 and model.parents:  # one output that reads every input is shown
+                rest = [n for n in out_names if n not in model.parents]
+                rp = _gp_prior(model.model_copy(update={"parents": None}), role, in_names, k, num_draws, ranges)
+                rp.output_names = [f"{rest[0] if rest else out_names[0]} (as if it read every input: outputs"
+                                   f" with world.parents read only theirs)"]
+            elif len(out_names) > 1:
                 rp = _gp_prior(model, role, in_names, k, num_draws, ranges)  # independent outputs: one shown
                 rp.output_names = [f"{out_names[0]} (each of {len(out_names)} outputs alike)"]
             else:

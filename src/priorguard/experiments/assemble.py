@@ -116,7 +116,7 @@ def fit_models(ctx: RunContext, data: Transitions, keys: dict[str, Any]) -> tupl
         spec.world, as_data(x_w[idx], y_w[idx]), key=keys["w"], role="world",
         feature_names=[ctx.features[c] for c in wcols] + action_names,
         feature_ranges=[ctx.ranges[c] for c in wcols] + action_ranges,
-        output_names=[f"delta_{ctx.features[c]}" for c in ctx.world_columns])
+        output_names=[f"delta_{ctx.features[c]}" for c in ctx.world_columns], num_action_columns=len(action_names))
     ctx.timings["fit_world_s"] = time.perf_counter() - t0
 
     if spec.termination is not None:

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from priorguard.envs.source import EnvSource
 from priorguard.experiments.drivers import PlannerDriver, driver_for
-from priorguard.experiments.spec import ExperimentSpec
-from priorguard.models.roles import role_inputs
+from priorguard.experiments.spec import ExperimentSpec, world_outputs
 
 Progress = Callable[[str], None]
-
-
-def world_outputs(spec: ExperimentSpec, all_features: Sequence[str]) -> tuple[int, ...]:
-    """Observation columns an experiment's W predicts the change of: those some model reads.
-
-    T, W, I and D read their ``features``; a proposal policy A that is fitted to
-    states (``behaviour``, ``learned``) reads them all. Imagined transitions keep
-    the other columns as they are, since no model would see them change, and W
-    spends no fit or planning time on them.
-    """
-    if spec.planner.proposal.kind in ("behaviour", "learned"):
-        return tuple(range(len(all_features)))
-    read = set(role_inputs(spec.terminal, all_features)) | set(role_inputs(spec.world, all_features))
-    for role in (spec.instrumental, spec.termination):
-        if role is not None:
-            read |= set(role_inputs(role, all_features))
-    return tuple(sorted(read))
+__all__ = ["Progress", "RunContext", "world_outputs"]
 
 
 @dataclass

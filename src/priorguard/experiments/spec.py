@@ -30,7 +30,7 @@ import math
 import re
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from priorguard.experiments.env_spec import GymEnvTable, source_of
 from priorguard.experiments.overrides import axis_overrides, check_path, set_path, sweep_axis_paths
+from priorguard.models.roles import role_inputs
 from priorguard.priors.distributions import _fail
 from priorguard.priors.errors import SpecError, SpecIssue, allowed, did_you_mean
 from priorguard.priors.kernels import CompositeKernel, StructureSearch, _KernelBase
@@ -313,6 +314,8 @@ class ExperimentSpec(_Strict):
                 if role == "world":  # W also sees the action, after its features
                     names += list(info.action_input_names)
                 _check_active_dims(model.kernel, names, f"{role}.kernel")
+            if model.parents:
+                _check_parents(self, role, model, info)
         fallback = self.planner.veto.fallback
         from priorguard.experiments.drivers import planner_kinds
 
@@ -439,6 +442,34 @@ class ExperimentSpec(_Strict):
             resolved = base.with_overrides(point) if point else base
             out.extend((point, resolved, seed) for seed in self.seeds)
         return out
+
+
+def world_outputs(spec: ExperimentSpec, all_features: Sequence[str]) -> tuple[int, ...]:
+    """Observation columns an experiment's W predicts the change of: those some model reads.
+
+    T, W, I and D read their ``features``; a proposal policy A that is fitted to
+    states (``behaviour``, ``learned``) reads them all. Imagined transitions keep
+    the other columns as they are, since no model would see them change, and W
+    spends no fit or planning time on them.
+    """
+    if spec.planner.proposal.kind in ("behaviour", "learned"):
+        return tuple(range(len(all_features)))
+    read = set(role_inputs(spec.terminal, all_features)) | set(role_inputs(spec.world, all_features))
+    for role in (spec.instrumental, spec.termination):
+        if role is not None:
+            read |= set(role_inputs(role, all_features))
+    return tuple(sorted(read))
+
+
+def _check_parents(spec: ExperimentSpec, role: str, model: Any, info: Any) -> None:
+    from priorguard.models.factored import parents_problem
+
+    if role != "world":
+        raise _fail("parents", "only W has `parents` (T, I and D have one output)", param=f"{role}.parents")
+    outputs = [info.feature_names[c] for c in world_outputs(spec, info.feature_names)]
+    problem = parents_problem(model, outputs, list(model.features or info.feature_names), info.action_input_names)
+    if problem:
+        raise _fail("parents", problem[1], param=f"world.parents.{problem[0]}")
 
 
 def _check_active_dims(kernel: Any, names: list[str], path: str) -> None:

@@ -27,6 +27,7 @@ def fit_role(
     feature_names: Sequence[str],
     feature_ranges: Sequence[tuple[float, float]] | None = None,
     output_names: Sequence[str] | None = None,
+    num_action_columns: int = 0,
 ) -> Posterior:
     """Fits T, I, W or D as its spec says.
 
@@ -40,7 +41,9 @@ def fit_role(
         feature_names: names of the ``D`` input columns.
         feature_ranges: ``(low, high)`` of each input column.
         output_names: names of the ``O`` outputs in the DataTree (default: ``y0 ...`` for a GP,
-            indices for a BNN).
+            indices for a BNN); W's are ``delta_<feature>``, and its ``parents`` name the features.
+        num_action_columns: W: how many of the last input columns encode the action (every
+            factor of a W with ``parents`` reads them).
 
     Returns:
         A :class:`~priorguard.models.base.Posterior`.
@@ -49,6 +52,14 @@ def fit_role(
     # appended the action columns: data.x holds exactly what the model reads.
     if isinstance(spec, GPModel | BNNModel) and spec.features is not None:
         spec = spec.model_copy(update={"features": None})
+    if getattr(spec, "parents", None):
+        from priorguard.models.factored import fit_factored
+
+        if output_names is None:
+            raise ValueError("a model with `parents` needs its output names")
+        return fit_factored(spec, data, fit=fit_role, key=key, feature_names=list(feature_names),
+                            feature_ranges=feature_ranges, num_action_columns=num_action_columns, role=role,
+                            output_names=[n.removeprefix("delta_") for n in output_names])
     if isinstance(spec, GPModel):
         from priorguard.models.gp import fit_gp
 

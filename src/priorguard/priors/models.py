@@ -157,6 +157,10 @@ class _ModelBase(_Strict):
     features: list[str] | None = None
     #: Observation-noise standard deviation (on standardised targets).
     noise: ParamValue | None = None
+    #: W only: output feature -> the features it reads, besides the action (a dynamic Bayesian
+    #: network's structure, a simplicity prior on W; see :mod:`priorguard.models.factored`).
+    #: Outputs not listed read all of W's features.
+    parents: dict[str, list[str]] | None = None
 
     @field_validator("features")
     @classmethod
@@ -166,6 +170,14 @@ class _ModelBase(_Strict):
                 raise _fail("empty", "must name at least one feature, or be left out to use all")
             if len(set(v)) != len(v):
                 raise _fail("duplicates", f"has duplicates: {v}")
+        return v
+
+    @field_validator("parents")
+    @classmethod
+    def _parents_unique(cls, v: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for out, names in (v or {}).items():
+            if len(set(names)) != len(names):
+                raise _fail("duplicates", f"{out!r} lists a parent twice: {names}")
         return v
 
     @model_validator(mode="after")
