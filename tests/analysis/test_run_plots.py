@@ -120,7 +120,7 @@ def test_every_plot_of_a_complete_run_folder(tmp_path, gp_nc, recorded):
                                               site_prefix=dt.attrs.get("site_prefix"))
     assert set(entries) == {"lengthscale[goal_dx]", "lengthscale[lava_dist]", "variance", "noise"}
     assert total == 4
-    assert all(v.shape == (1, 1) for v in entries.values())  # MAP: one chain, one draw
+    assert all(v.shape == (1, 100) for v in entries.values())  # MAP: 100 draws of its Laplace approximation
 
 
 def test_coverage_plot_shows_i_where_the_run_has_it(tmp_path, gp_nc, recorded):

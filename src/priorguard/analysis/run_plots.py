@@ -242,7 +242,7 @@ def plot_posterior(dt: Any, path: Path, *, role: str = "") -> Path | None:
     values = np.concatenate([v.ravel() for v in entries.values()])
     if np.all(values > 0) and values.max() / values.min() > 100:
         fig.axes[-1].set_xscale("log")  # positive scales over orders of magnitude
-    how = dt.attrs.get("inference", "")
+    how = dt.attrs.get("inference", "") + (" (Laplace draws)" if "laplace_draws" in dt.attrs else "")
     model = dt.attrs.get("model", "")
     shown = f"{len(entries)} of {total} scalar entries" if total > len(entries) else f"{len(entries)} entries"
     point = "one draw (point estimate)" if chains * draws == 1 else (

@@ -52,6 +52,7 @@ from priorguard.models.gp.data import (
 )
 from priorguard.models.gp.draws import ExactDrawFn, basis_params, exact_draw_params
 from priorguard.models.gp.kernels import GPProgram, compile_program
+from priorguard.models.gp.laplace import laplace_samples
 from priorguard.models.gp.loo import exact_loo, leave_one_state_out, loo_from_theta
 from priorguard.models.gp.objective import MapResult, fit_map, gp_model, map_objective, theta_from_sites
 from priorguard.models.gp.state import (
@@ -436,9 +437,11 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     hyperparameters, but this factor is what makes ``az.loo``'s importance
     weights ``1 / p(y_i | y_-i, theta)`` exact, so its ``elpd`` is the GP's
     leave-one-out predictive density with the hyperparameters integrated.
-    Its ``chain`` and ``draw`` match ``posterior``. With one draw (MAP)
-    ``az.loo`` cannot run; the exact LOO ``elpd`` is then in the attribute
-    ``elpd_loo_exact``. The attributes ``elpd_loso`` and ``loso_states`` hold
+    Its ``chain`` and ``draw`` match ``posterior``. A MAP fit's ``posterior``
+    holds ``ppc_draws`` draws of the Laplace approximation at the MAP point
+    (:mod:`priorguard.models.gp.laplace`; ``sample_stats.lp`` their log joint),
+    so ``az.loo`` and ``az.compare`` run on it; the exact LOO ``elpd`` at the
+    MAP point itself is the attribute ``elpd_loo_exact``. The attributes ``elpd_loso`` and ``loso_states`` hold
     the leave-one-state-out score (:func:`leave_one_state_out`; absent for
     kernels with white noise), and for NUTS ``loso_pareto_k_max``.
     ``posterior_predictive`` holds ``ppc_draws`` replicated datasets at the
@@ -463,6 +466,17 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     else:
         loo = np.asarray(post.loo_log_density())[None]  # [1, 1, N]
     k_draws, k_noise = jax.random.split(jax.random.key(0) if record.key is None else record.key)
+    laplace: dict[str, Any] = {}
+    if record.method in ("map", "ml2") and np.size(record.optimizer.get("u_flat", ())) > 0:
+        # draws from the Laplace approximation, so that az.loo / az.compare see a posterior sample
+        samples, lp, laplace = laplace_samples(st.program, prep, record.optimizer["u_flat"],
+                                               use_prior=record.method == "map", num_draws=ppc_draws,
+                                               key=jax.random.fold_in(k_draws, 1))
+        theta = theta_from_sites(st.program, samples, (ppc_draws, prep.num_outputs))
+        map_loo, loo = loo, np.asarray(loo_from_theta(st.program)(theta, st.x, st.y, st.y_scale))[None]
+        groups["posterior"] = posterior_dataset(st.program, {k: v[None] for k, v in samples.items()},
+                                                prep.output_names)
+        groups["sample_stats"] = datatree.sample_stats_dataset({"lp": lp[None]})
     draws = post.sample_functions(k_draws, ppc_draws)
     f = np.asarray(draws(jnp.asarray(prep.raw_x)))  # [R, N, O]
     noise_sd = np.sqrt(np.asarray(mixture_moments(st.weights, *exact_components(st, jnp.asarray(prep.raw_x))
@@ -474,7 +488,10 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
                      "kernel": st.program.describe(), "jitter": post.jitter,
                      "noise_floor": st.program.noise_floor})
     if record.method != "nuts":
-        dt.attrs["elpd_loo_exact"] = float(np.sum(loo))
+        dt.attrs["elpd_loo_exact"] = float(np.sum(map_loo if laplace else loo))  # at the MAP point
+    if laplace:
+        dt.attrs.update(laplace)
+        dt.attrs["posterior_draws"] = "Laplace approximation at the MAP point (unconstrained space)"
     loso = leave_one_state_out(st, theta if record.method == "nuts" else None)
     if loso is not None:
         dt.attrs["elpd_loso"] = loso["elpd"]
