@@ -135,3 +135,22 @@ def test_draws_of_models_over_different_features_share_compiled_code():
         assert post.prep.feature_names == (name,)
         fns.append(post.sample_functions(jax.random.key(0), 2, num_features=16).apply_fn)
     assert fns[0] == fns[1] and hash(fns[0]) == hash(fns[1])
+
+
+def test_many_draws_at_many_rows_are_evaluated_in_batches_with_the_same_values(monkeypatch):
+    """Above DRAW_BATCH_ROWS rows x draws, draws are mapped a batch at a time (bounded memory)."""
+    import priorguard.models.base as base
+    from priorguard.models.base import FunctionDraws
+
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (16, 3, 2))}
+    draws = FunctionDraws(params, lambda p, x: jnp.tanh(x @ p["w"]))
+    x = jax.random.normal(jax.random.PRNGKey(1), (300, 3))
+    xs = jax.random.normal(jax.random.PRNGKey(2), (16, 300, 3))
+    assert base._draw_batch(16, 300) == base.DRAW_BATCH_ROWS // 300  # 16 x 300 > 4096: batched
+    seen = []
+    real_map = jax.lax.map
+    monkeypatch.setattr(jax.lax, "map", lambda *a, **k: seen.append(k.get("batch_size")) or real_map(*a, **k))
+    batched, batched_per = draws(x), draws.per_draw(xs)
+    assert seen == [base._draw_batch(16, 300)] * 2
+    np.testing.assert_allclose(batched, jax.vmap(draws.apply_fn, in_axes=(0, None))(params, x), rtol=1e-12)
+    np.testing.assert_allclose(batched_per, jax.vmap(draws.apply_fn)(params, xs), rtol=1e-12)
