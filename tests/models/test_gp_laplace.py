@@ -67,3 +67,23 @@ def test_az_loo_and_compare_run_on_map_fits_and_rank_them(fits):
     pit = az.loo_pit(trees["rbf"])
     values = np.asarray(pit["terminal.y"])
     assert values.shape == (120, 1) and np.all((values > -1e-9) & (values < 1 + 1e-9))
+
+
+def test_az_loo_and_loo_pit_run_on_multi_output_bnn_fits():
+    """log_likelihood has observed_data's dims (obs, output), so az.loo_pit can pair them.
+    (An ensemble's draws are its few members: PSIS needs more than 5 to fit its tail.)"""
+    inference = {"method": "svi", "steps": 300, "samples": 100}
+    from priorguard.models.bnn import fit_bnn
+    from priorguard.priors.models import BNNModel
+
+    x, y1 = _data(80, seed=1)
+    y = np.concatenate([y1, 0.5 * x], axis=1)
+    spec = BNNModel.model_validate({"model": "bnn", "hidden": [8], "inference": inference})
+    post = fit_bnn(spec, as_data(x, y), key=jax.random.key(0), site_prefix="world",
+                   output_names=["delta_a", "delta_b"])
+    dt = post.to_datatree()
+    ll, observed = dt["log_likelihood"]["world.y"], dt["observed_data"]["world.y"]
+    assert ll.dims[2:] == observed.dims == ("obs", "output")
+    assert np.isfinite(az.loo(dt).elpd)
+    pit = np.asarray(az.loo_pit(dt)["world.y"])
+    assert pit.shape == (80, 2) and np.all((pit > -1e-9) & (pit < 1 + 1e-9))

@@ -97,7 +97,8 @@ def observation_groups(prefix: str, x: Any, y: Any, loglik: Any, y_rep: Any, *, 
         prefix: the model's site prefix (``"world"``).
         x: ``[N, D]`` training inputs.
         y: ``[N, O]`` training targets.
-        loglik: ``[C, S, N]`` pointwise log-likelihood (outputs summed).
+        loglik: ``[C, S, N]`` pointwise log-likelihood (outputs summed), or ``[C, S, N, O]`` per
+            output (the observed data's own dims, as ``az.loo_pit`` needs them).
         y_rep: ``[C', S', N, O]`` replicated datasets.
         output_coord: the ``O`` output coordinates.
         input_dim: name of the input dimension (the GP's ``"input"``, the BNN's ``"feature"``).
@@ -118,8 +119,9 @@ def observation_groups(prefix: str, x: Any, y: Any, loglik: Any, y_rep: Any, *, 
         "constant_data": xr.Dataset(
             {f"{site_var(prefix)}.x": (["obs", input_dim], x)},
             coords={"obs": np.arange(n), input_dim: inputs}),
-        "log_likelihood": xr.Dataset({obs: (["chain", "draw", "obs"], loglik)},
-                                     coords={**sample_coords(c, s), "obs": np.arange(n)}),
+        "log_likelihood": xr.Dataset(
+            {obs: (["chain", "draw", "obs", "output"][:np.ndim(loglik)], loglik)},
+            coords={**sample_coords(c, s), "obs": np.arange(n), **({"output": output_coord} if np.ndim(loglik) == 4 else {})}),
         "posterior_predictive": xr.Dataset(
             {obs: (["chain", "draw", "obs", "output"], y_rep)},
             coords={**sample_coords(*np.shape(y_rep)[:2]), **base}),

@@ -242,7 +242,7 @@ class BNNPosterior:
         ``draw``; SVI, MAP and ensembles as one chain), ``sample_stats`` (NUTS:
         ``diverging``, ``tree_depth``, ``n_steps``, ``energy``, ``lp``,
         ``acceptance_rate``, ``step_size``), ``log_likelihood`` (pointwise over
-        rows, outputs summed, original units; ``az.loo`` runs on it),
+        rows and outputs, the observed data's dims, original units; ``az.loo`` and ``az.loo_pit`` run on it),
         ``posterior_predictive``, ``observed_data``, ``constant_data`` and, under
         a speed prior, ``depth_posterior`` (``prior``, ``log_evidence``,
         ``posterior`` over ``depth``). Variable names are site names with ``/``
@@ -261,8 +261,11 @@ class BNNPosterior:
         c, s = jax.tree_util.tree_leaves(fit.samples)[0].shape[:2]
         x, y = self.data.x, self.data.y
         n = x.shape[0]
-        ll = np.asarray(_pointwise_loglik(fit.apply, fit.draw_params, x, y)).reshape(c, s, n)
         f = jax.vmap(fit.apply, in_axes=(0, None))(fit.draw_params, x)
+        # per (obs, output), the observed data's dims: the outputs are independent given the weights
+        sd = np.asarray(fit.draw_params["noise"])[:, None, :]
+        ll = (-0.5 * np.log(2 * np.pi * sd**2) - 0.5 * ((np.asarray(y)[None] - np.asarray(f)) / sd) ** 2
+              ).reshape(c, s, n, -1)
         eps = jax.random.normal(key, f.shape, f.dtype)
         y_rep = np.asarray(f + eps * fit.draw_params["noise"][:, None, :]).reshape(c, s, n, -1)
         if self.feature_names is not None:
