@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from priorguard import _cli_compare
+
 if TYPE_CHECKING:  # imported where it is caught: the priors pull in JAX, and --help needs none of it
     from priorguard.priors.errors import SpecError
 
@@ -487,6 +489,8 @@ def entry() -> None:
                       " compiled programs will not be reused across runs. Set PYTHONHASHSEED=0 to avoid this.")
     main()
 
+
+_cli_compare.register(app, out, _fail, _check_format)
 
 if __name__ == "__main__":
     entry()

@@ -154,3 +154,14 @@ def test_help_imports_neither_jax_nor_the_priors():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_compare_refuses_what_it_cannot_compare(tmp_path):
+    r = cli("compare", str(tmp_path))
+    assert r.returncode == 2 and "not a result store" in r.stderr and "Traceback" not in r.stderr
+    from priorguard.store import ResultStore
+
+    ResultStore(tmp_path / "store")  # an empty store: no seed with two points
+    for args, words in ((["--role", "wolrd"], "--role must be"), ([], "nothing to compare")):
+        r = cli("compare", str(tmp_path / "store"), *args)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr

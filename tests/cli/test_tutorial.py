@@ -17,16 +17,21 @@ def blocks(lang):
 def test_tutorial_runs_as_written(tmp_path):
     (tmp_path / "my-coin.toml").write_text(blocks("toml")[0])
     commands = [line[2:] for block in blocks("console") for line in block.splitlines() if line.startswith("$ ")]
-    assert [c.split()[1] for c in commands] == ["validate", "prior-check", "sweep", "runs", "report"]
+    assert [c.split()[1] for c in commands] == ["validate", "prior-check", "sweep", "runs", "report", "compare"]
+    said = {}
     for command in commands:
         args = shlex.split(command)
         assert args[0] == "priorguard"
         r = subprocess.run([sys.executable, "-m", "priorguard.cli", *args[1:]], cwd=tmp_path, capture_output=True,
                            text=True, timeout=1200)
         assert r.returncode == 0, f"{command}\n{r.stderr[-3000:]}"
+        said[args[1]] = r.stdout
     assert len(list((tmp_path / "my-coin-runs" / "runs").iterdir())) == 4
     html = (tmp_path / "my-coin-report" / "index.html").read_text()
     assert "active_dims=['coin_dx']" in html or "active_dims=[&#x27;coin_dx&#x27;]" in html
+    # az.compare ranked the two priors on T at each seed (MAP GP files carry Laplace draws)
+    assert said["compare"].count("LOO ranks first") == 2 and "n/a" not in said["compare"].split("p1:")[-1]
+    assert (tmp_path / "my-coin-report" / "compare.png").stat().st_size > 0
     code = blocks("python")[0]
     r = subprocess.run([sys.executable, "-c", "from priorguard._runtime import configure; configure()\n" + code],
                        cwd=tmp_path, capture_output=True, text=True, timeout=900)
