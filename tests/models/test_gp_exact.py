@@ -341,7 +341,7 @@ def test_multi_output_and_feature_selection():
     ls = dt["posterior"]["terminal.kernel.terms.0.lengthscale"]
     assert ls.dims == ("chain", "draw", "output", "terminal.kernel.terms.0.lengthscale.feature")
     assert list(ls["terminal.kernel.terms.0.lengthscale.feature"].values) == ["pos", "vel"]
-    assert dt["log_likelihood"]["terminal.y"].shape == (1, 100, 35)  # Laplace draws at the MAP point
+    assert dt["log_likelihood"]["terminal.y"].shape == (1, 100, 35, 2)  # Laplace draws; per (obs, output)
     assert math.isfinite(dt.attrs["elpd_loo_exact"])
 
 

@@ -87,3 +87,16 @@ def test_az_loo_and_loo_pit_run_on_multi_output_bnn_fits():
     assert np.isfinite(az.loo(dt).elpd)
     pit = np.asarray(az.loo_pit(dt)["world.y"])
     assert pit.shape == (80, 2) and np.all((pit > -1e-9) & (pit < 1 + 1e-9))
+
+
+def test_multi_output_gp_log_likelihood_pairs_with_its_observed_data():
+    x, y1 = _data(60, seed=2)
+    y = np.concatenate([y1, 2.0 * x], axis=1)
+    post = fit_gp(GPModel(model="gp"), as_data(x, y), key=jax.random.PRNGKey(0), feature_names=["a"],
+                  site_prefix="world", output_names=["delta_a", "delta_b"])
+    dt = post.to_datatree()
+    assert dt["log_likelihood"]["world.y"].dims[2:] == dt["observed_data"]["world.y"].dims == ("obs", "output")
+    # the per-output terms add up to the joint exact LOO at the MAP point
+    np.testing.assert_allclose(float(np.sum(np.asarray(post.loo_log_density()))), dt.attrs["elpd_loo_exact"])
+    pit = np.asarray(az.loo_pit(dt)["world.y"])
+    assert pit.shape == (60, 2) and np.isfinite(az.loo(dt).elpd)

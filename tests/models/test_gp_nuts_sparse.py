@@ -37,7 +37,7 @@ def test_nuts_posterior_mixes_samples_and_converts_to_arviz():
     dt = post.to_datatree()
     assert dt["posterior"]["terminal.kernel.lengthscale"].shape == (2, 40, 1, 1)
     assert set(dt["sample_stats"].data_vars) >= {"diverging", "tree_depth", "lp"}
-    assert dt["log_likelihood"]["terminal.y"].shape == (2, 40, 20)
+    assert dt["log_likelihood"]["terminal.y"].shape == (2, 40, 20, 1)  # per (obs, output)
     assert dt["posterior_predictive"]["terminal.y"].shape[2:] == (20, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

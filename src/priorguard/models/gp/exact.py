@@ -432,8 +432,8 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     ``constant_data``, ``log_likelihood`` and ``posterior_predictive``.
 
     ``log_likelihood`` holds the exact leave-one-out density
-    ``log p(y_i | y_-i, theta_s)`` per hyperparameter draw (outputs summed,
-    raw units) — a GP's observations are not independent given the
+    ``log p(y_i | y_-i, theta_s)`` per hyperparameter draw, per output (the
+    observed data's ``(obs, output)``, so ``az.loo_pit`` pairs them; raw units) — a GP's observations are not independent given the
     hyperparameters, but this factor is what makes ``az.loo``'s importance
     weights ``1 / p(y_i | y_-i, theta)`` exact, so its ``elpd`` is the GP's
     leave-one-out predictive density with the hyperparameters integrated.
@@ -462,9 +462,10 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
         c, s = first.shape[:2]
         flat = {k: v.reshape(c * s, *v.shape[2:]) for k, v in record.samples.items()}
         theta = theta_from_sites(st.program, flat, (c * s, prep.num_outputs))
-        loo = np.asarray(loo_from_theta(st.program)(theta, st.x, st.y, st.y_scale)).reshape(c, s, -1)
+        loo = np.asarray(loo_from_theta(st.program, per_output=True)(theta, st.x, st.y, st.y_scale)
+                         ).reshape(c, s, *st.y.shape)
     else:
-        loo = np.asarray(post.loo_log_density())[None]  # [1, 1, N]
+        loo = np.asarray(exact_loo(st, per_output=True))[None]  # [1, 1, N, O]
     k_draws, k_noise = jax.random.split(jax.random.key(0) if record.key is None else record.key)
     laplace: dict[str, Any] = {}
     if record.method in ("map", "ml2") and np.size(record.optimizer.get("u_flat", ())) > 0:
@@ -473,7 +474,8 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
                                                use_prior=record.method == "map", num_draws=ppc_draws,
                                                key=jax.random.fold_in(k_draws, 1))
         theta = theta_from_sites(st.program, samples, (ppc_draws, prep.num_outputs))
-        map_loo, loo = loo, np.asarray(loo_from_theta(st.program)(theta, st.x, st.y, st.y_scale))[None]
+        loo_at = loo_from_theta(st.program, per_output=True)
+        map_loo, loo = loo, np.asarray(loo_at(theta, st.x, st.y, st.y_scale))[None]
         groups["posterior"] = posterior_dataset(st.program, {k: v[None] for k, v in samples.items()},
                                                 prep.output_names)
         groups["sample_stats"] = datatree.sample_stats_dataset({"lp": lp[None]})

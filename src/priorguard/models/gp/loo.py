@@ -5,6 +5,7 @@ Shapes: S (or K) hyperparameter samples, O outputs, N training points, U unique 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,23 +31,27 @@ def _exact_loo_one(chol: Array, alpha: Array) -> tuple[Array, Array]:
     return alpha / kinv_diag, 1.0 / kinv_diag  # residual y_i - mu_-i, and its variance
 
 
-def _loo_log_density(resid: Array, var: Array, y_scale: Array) -> Array:
-    """``[..., O, N]`` residuals and variances (model units) -> ``[..., N]`` raw-unit log densities."""
+def _loo_log_density(resid: Array, var: Array, y_scale: Array, per_output: bool = False) -> Array:
+    """``[..., O, N]`` residuals and variances (model units) -> ``[..., N]`` raw-unit log densities
+    (``per_output``: ``[..., N, O]``, one per output; the outputs are independent GPs)."""
     ys = y_scale[:, None]
-    return jnp.sum(-0.5 * (jnp.log(2 * jnp.pi * var * ys**2) + resid**2 / var), axis=-2)
+    dens = -0.5 * (jnp.log(2 * jnp.pi * var * ys**2) + resid**2 / var)
+    return jnp.swapaxes(dens, -1, -2) if per_output else jnp.sum(dens, axis=-2)
 
 
-@jax.jit
-def exact_loo(state: ExactGPState) -> Array:
-    """Exact leave-one-out ``log p(y_i | y_-i, theta_s)`` ``[S, N]`` from the stored factors (raw units)."""
+@functools.partial(jax.jit, static_argnames="per_output")
+def exact_loo(state: ExactGPState, per_output: bool = False) -> Array:
+    """Exact leave-one-out ``log p(y_i | y_-i, theta_s)`` ``[S, N]`` (``per_output``: ``[S, N, O]``)
+    from the stored factors (raw units)."""
     count_trace("gp/loo")
     s, o, n = state.alpha.shape
     resid, var = map_unbatched(_exact_loo_one, state.chol.reshape(s * o, n, n), state.alpha.reshape(s * o, n))
-    return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), state.y_scale)
+    return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), state.y_scale, per_output)
 
 
-def loo_from_theta(program: GPProgram) -> Any:
-    """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept)."""
+def loo_from_theta(program: GPProgram, *, per_output: bool = False) -> Any:
+    """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept;
+    ``per_output``: ``[K, N, O]``)."""
     program = program.anonymous()  # feature names do not change the computation
 
     def build() -> Any:
@@ -61,11 +66,11 @@ def loo_from_theta(program: GPProgram) -> Any:
             flat, s, o = flat_draws(program, theta)
             resid, var = map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
             n = x.shape[0]
-            return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale)
+            return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale, per_output)
 
         return jax.jit(run)
 
-    return cached_program(("gp/loo_samples", program), build)
+    return cached_program(("gp/loo_samples", program, per_output), build)
 
 
 
