@@ -78,5 +78,5 @@ def _print_table(out: Any, rows: list[Any], role: str, store_dir: Path) -> None:
     out.print("LOO#, reg#: rank by elpd-LOO and by deploy regret (0 best); Δ±dse: elpd difference to the best;"
               " w: stacking weight; LOSO: leave one state out (exact GPs); AUROC: OOD AUROC on the probe set",
               highlight=False, markup=False)
-    for line in verdicts(rows):
+    for line in verdicts(rows, {p: f"p{i}" for i, p in enumerate(points)}):
         out.print(line, highlight=False, markup=False)

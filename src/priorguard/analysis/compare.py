@@ -101,8 +101,12 @@ def compare_store(store_dir: Path, *, role: str = "terminal") -> list[CompareRow
     return rows
 
 
-def verdicts(rows: list[CompareRow]) -> list[str]:
-    """Per (experiment, seed): did the point LOO ranked first also have the least deploy regret?"""
+def verdicts(rows: list[CompareRow], names: dict[str, str] | None = None) -> list[str]:
+    """Per (experiment, seed): did the point LOO ranked first also have the least deploy regret?
+
+    ``names``: a short name per point label (e.g. ``p0``); the label itself by default.
+    """
+    name = (lambda p: names.get(p, p)) if names else (lambda p: p)  # noqa: E731
     out = []
     by_seed: dict[tuple[str, int], list[CompareRow]] = defaultdict(list)
     for r in rows:
@@ -116,8 +120,8 @@ def verdicts(rows: list[CompareRow]) -> list[str]:
             continue
         same = top[0].point in [b.point for b in best]
         tied = f" (tied with {len(best) - 1} more)" if len(best) > 1 else ""
-        out.append(f"{experiment} seed {seed}: LOO ranks first {top[0].point} (elpd {top[0].elpd_loo:.1f});"
-                   f" least deploy regret: {best[0].point if not same else top[0].point} ({least:.3f}){tied}"
+        out.append(f"{experiment} seed {seed}: LOO ranks first {name(top[0].point)} (elpd {top[0].elpd_loo:.1f});"
+                   f" least deploy regret: {name(best[0].point if not same else top[0].point)} ({least:.3f}){tied}"
                    f" -> {'the same prior' if same else 'NOT the same prior'}")
     return out
 
