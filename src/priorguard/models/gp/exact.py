@@ -52,7 +52,7 @@ from priorguard.models.gp.data import (
 )
 from priorguard.models.gp.draws import ExactDrawFn, basis_params, exact_draw_params
 from priorguard.models.gp.kernels import GPProgram, compile_program
-from priorguard.models.gp.laplace import laplace_samples
+from priorguard.models.gp.laplace import laplace_loo_draws
 from priorguard.models.gp.loo import exact_loo, leave_one_state_out, loo_from_theta
 from priorguard.models.gp.objective import MapResult, fit_map, gp_model, map_objective, theta_from_sites
 from priorguard.models.gp.state import (
@@ -431,21 +431,17 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     ``lp``, ``acceptance_rate``; MAP: ``lp``), ``observed_data``,
     ``constant_data``, ``log_likelihood`` and ``posterior_predictive``.
 
-    ``log_likelihood`` holds the exact leave-one-out density
-    ``log p(y_i | y_-i, theta_s)`` per hyperparameter draw, per output (the
-    observed data's ``(obs, output)``, so ``az.loo_pit`` pairs them; raw units) — a GP's observations are not independent given the
-    hyperparameters, but this factor is what makes ``az.loo``'s importance
-    weights ``1 / p(y_i | y_-i, theta)`` exact, so its ``elpd`` is the GP's
-    leave-one-out predictive density with the hyperparameters integrated.
-    Its ``chain`` and ``draw`` match ``posterior``. A MAP fit's ``posterior``
-    holds ``ppc_draws`` draws of the Laplace approximation at the MAP point
-    (:mod:`priorguard.models.gp.laplace`; ``sample_stats.lp`` their log joint),
-    so ``az.loo`` and ``az.compare`` run on it; the exact LOO ``elpd`` at the
-    MAP point itself is the attribute ``elpd_loo_exact``. The attributes ``elpd_loso`` and ``loso_states`` hold
-    the leave-one-state-out score (:func:`leave_one_state_out`; absent for
-    kernels with white noise), and for NUTS ``loso_pareto_k_max``.
-    ``posterior_predictive`` holds ``ppc_draws`` replicated datasets at the
-    training inputs (joint over points: function draw plus noise).
+    ``log_likelihood``: the exact LOO density ``log p(y_i | y_-i, theta_s)`` per
+    hyperparameter draw and output (observed_data's dims; raw units). A GP's
+    observations are not independent given theta, but this factor makes
+    ``az.loo``'s weights ``1 / p(y_i | y_-i, theta)`` exact: its ``elpd`` is the LOO
+    predictive density with theta integrated. A MAP fit's ``posterior`` holds
+    ``ppc_draws`` Laplace draws at the MAP point (:mod:`priorguard.models.gp.laplace`),
+    so ``az.loo`` / ``az.compare`` / ``az.loo_pit`` run on it; the exact LOO at the
+    MAP point is ``elpd_loo_exact``. ``elpd_loso`` / ``loso_states``: leave one state
+    out (absent with white-noise kernels; NUTS adds ``loso_pareto_k_max``).
+    ``posterior_predictive``: ``ppc_draws`` replicated datasets at the training
+    inputs (function draw plus noise).
     Variable names are site names with ``/`` written ``.``.
     """
     import xarray as xr
@@ -470,12 +466,9 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     laplace: dict[str, Any] = {}
     if record.method in ("map", "ml2") and np.size(record.optimizer.get("u_flat", ())) > 0:
         # draws from the Laplace approximation, so that az.loo / az.compare see a posterior sample
-        samples, lp, laplace = laplace_samples(st.program, prep, record.optimizer["u_flat"],
-                                               use_prior=record.method == "map", num_draws=ppc_draws,
-                                               key=jax.random.fold_in(k_draws, 1))
-        theta = theta_from_sites(st.program, samples, (ppc_draws, prep.num_outputs))
-        loo_at = loo_from_theta(st.program, per_output=True)
-        map_loo, loo = loo, np.asarray(loo_at(theta, st.x, st.y, st.y_scale))[None]
+        samples, lp, laplace, at_draws = laplace_loo_draws(st, prep, record, ppc_draws,
+                                                           jax.random.fold_in(k_draws, 1))
+        map_loo, loo = loo, at_draws[None]
         groups["posterior"] = posterior_dataset(st.program, {k: v[None] for k, v in samples.items()},
                                                 prep.output_names)
         groups["sample_stats"] = datatree.sample_stats_dataset({"lp": lp[None]})
@@ -491,9 +484,7 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
                      "noise_floor": st.program.noise_floor})
     if record.method != "nuts":
         dt.attrs["elpd_loo_exact"] = float(np.sum(map_loo if laplace else loo))  # at the MAP point
-    if laplace:
-        dt.attrs.update(laplace)
-        dt.attrs["posterior_draws"] = "Laplace approximation at the MAP point (unconstrained space)"
+    dt.attrs.update(laplace)
     loso = leave_one_state_out(st, theta if record.method == "nuts" else None)
     if loso is not None:
         dt.attrs["elpd_loso"] = loso["elpd"]

@@ -20,9 +20,9 @@ from jaxtyping import PRNGKeyArray
 
 from priorguard.models.gp.data import GroupedTargets, Prepared, group_repeated_inputs
 from priorguard.models.gp.kernels import GPProgram
-from priorguard.models.gp.objective import map_objective
+from priorguard.models.gp.objective import map_objective, theta_from_sites
 
-__all__ = ["MIN_CURVATURE", "laplace_samples"]
+__all__ = ["MIN_CURVATURE", "laplace_loo_draws", "laplace_samples"]
 
 #: The least curvature (1 / variance, unconstrained units) a Laplace direction keeps.
 MIN_CURVATURE = 1e-2
@@ -83,3 +83,20 @@ def laplace_samples(program: GPProgram, prep: Prepared, u_flat: np.ndarray, *, u
     values = {name: np.stack([np.asarray(v[name]) for v in per_draw]) for name in per_draw[0]}
     log_joint = -np.asarray([float(objective.value(jnp.asarray(d), x, y)) for d in draws])
     return values, log_joint, {"laplace_flat_directions": flat, "laplace_draws": num_draws}
+
+
+def laplace_loo_draws(state: Any, prep: Prepared, record: Any, num_draws: int, key: PRNGKeyArray
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], np.ndarray]:
+    """A MAP fit's Laplace draws and the exact LOO density at each, per output.
+
+    Returns:
+        ``(samples {site: [S, O, ...]}, log_joint [S], attrs, loo [S, N, O])``.
+    """
+    from priorguard.models.gp.loo import loo_from_theta
+
+    samples, lp, info = laplace_samples(state.program, prep, record.optimizer["u_flat"],
+                                        use_prior=record.method == "map", num_draws=num_draws, key=key)
+    theta = theta_from_sites(state.program, samples, (num_draws, prep.num_outputs))
+    loo = np.asarray(loo_from_theta(state.program, per_output=True)(theta, state.x, state.y, state.y_scale))
+    info["posterior_draws"] = "Laplace approximation at the MAP point (unconstrained space)"
+    return samples, lp, info, loo
