@@ -460,13 +460,14 @@ def main() -> None:
     """Console entry point."""
     try:
         app(prog_name="priorguard")  # also after entry()'s re-exec as `python -m priorguard.cli`
-    except Exception as e:  # a SpecError raised past a command's own handling
+    except Exception as e:  # a SpecError or StoreError raised past a command's own handling
         from priorguard.priors.errors import SpecError
+        from priorguard.store import StoreError
 
-        if not isinstance(e, SpecError):
+        if not isinstance(e, SpecError | StoreError):
             raise
         try:
-            _spec_fail(e)
+            _spec_fail(e) if isinstance(e, SpecError) else _fail(str(e))
         except typer.Exit as done:
             sys.exit(done.exit_code)
 

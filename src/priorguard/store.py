@@ -50,6 +50,10 @@ class StoreBusyError(RuntimeError):
     """Another sweep holds the result store (:meth:`ResultStore.exclusive`)."""
 
 
+class StoreError(ValueError):
+    """The result store cannot be made or read (the message says what and what to do)."""
+
+
 def run_id_for(spec_dict: Mapping[str, Any], seed: int, env_version: int | str) -> str:
     """A run's id: a hash of the resolved spec (without seeds and sweep), seed and env version."""
     body = {k: v for k, v in spec_dict.items() if k not in ("seeds", "sweep", "description")}
@@ -99,17 +103,26 @@ class ResultStore:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
         self.tmp_dir = self.root / "tmp"
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot make the result store {self.root}: {exc.strerror}"
+                             f" ({exc.filename}); choose another --out") from None
         self.index_path = self.root / "index.sqlite"
         with self._db() as db:
             db.executescript(SCHEMA)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.index_path, timeout=60.0)
         try:
+            db = sqlite3.connect(self.index_path, timeout=60.0)
             db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.index_path} is not a result store's index ({exc}); move it away (the"
+                             f" next `priorguard sweep` into {self.root} indexes its run folders again), or"
+                             f" choose another --out") from None
+        try:
             db.execute("PRAGMA busy_timeout=60000")
             with db:
                 yield db
@@ -225,16 +238,36 @@ class ResultStore:
         for tmp in self.tmp_dir.iterdir():
             shutil.rmtree(tmp, ignore_errors=True)
         with self._db() as db:
-            rows = db.execute("SELECT run_id, status FROM runs").fetchall()
-        for run_id, status in rows:
-            done = self.is_done(run_id)
-            if done and status != "done":
-                metrics = json.loads((self.run_dir(run_id) / "metrics.json").read_text())
+            rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
+        for folder in sorted(self.runs_dir.iterdir()):  # folders the index lost (index.sqlite removed)
+            metrics = self._folder_metrics(folder.name) if folder.name not in rows else None
+            if metrics is not None and {"experiment", "seed"} <= metrics.keys():
+                self.register(folder.name, experiment=str(metrics["experiment"]), env=str(metrics.get("env", "")),
+                              seed=int(metrics["seed"]), overrides=metrics.get("overrides") or {})
+                rows[folder.name] = "pending"
+        for run_id, status in rows.items():
+            metrics = self._folder_metrics(run_id)
+            if metrics is not None and status != "done":
                 # the index holds the run's metrics; the folder's copy also names the run
                 self.mark_done(run_id, {k: v for k, v in metrics.items() if k not in _FOLDER_ONLY_KEYS})
-            elif not done and status in ("done", "running"):
+            elif metrics is None and status in ("done", "running"):
                 with self._db() as db:
                     db.execute("UPDATE runs SET status='pending' WHERE run_id=?", (run_id,))
+
+    def _folder_metrics(self, run_id: str) -> dict[str, Any] | None:
+        """A run folder's metrics, or None when it has none; a damaged folder (metrics.json that
+        does not parse) is moved out of ``runs/`` into ``tmp/``, so that the run is made again."""
+        path = self.run_dir(run_id) / "metrics.json"
+        if not path.is_file():
+            return None
+        try:
+            metrics = json.loads(path.read_text())
+            if isinstance(metrics, dict):
+                return metrics
+        except (ValueError, UnicodeDecodeError):
+            pass
+        os.rename(self.run_dir(run_id), self.tmp_dir / f"{run_id}.damaged.{uuid.uuid4().hex[:8]}")
+        return None
 
     def records(self, *, experiment: str | None = None, status: str | None = None) -> list[RunRecord]:
         """Index rows, optionally filtered, oldest first."""
