@@ -118,6 +118,8 @@ class ResultStore:
         try:
             db = sqlite3.connect(self.index_path, timeout=60.0)
             db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:  # locked, busy: not a damaged index
+            raise
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.index_path} is not a result store's index ({exc}); move it away (the"
                              f" next `priorguard sweep` into {self.root} indexes its run folders again), or"

@@ -102,9 +102,9 @@ def test_linear_nuts_datatree_loo_and_pointwise_density(linear_nuts):
     assert dt["posterior"]["world.layer0.w"].shape == (2, post.fits[0].samples["world/layer0/w"].shape[1], 2, 1)
     for name in ("diverging", "tree_depth", "energy", "lp", "n_steps"):
         assert dt["sample_stats"][name].dims == ("chain", "draw")
-    assert dt["log_likelihood"]["world.y"].dims == ("chain", "draw", "obs")
+    assert dt["log_likelihood"]["world.y"].dims == ("chain", "draw", "obs", "output")  # observed_data's dims
     loo = az.loo(dt)
-    assert np.isfinite(loo.elpd) and loo.pareto_k.shape == (x.shape[0],)
+    assert np.isfinite(loo.elpd) and loo.pareto_k.shape == (x.shape[0], 1)
     # log_likelihood is per row and in original units: its log-mean-exp over draws
     # is the pointwise predictive density of the same posterior.
     ll = np.asarray(dt["log_likelihood"]["world.y"]).reshape(-1, x.shape[0])
