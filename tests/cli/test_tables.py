@@ -91,7 +91,8 @@ def test_ctrl_c_keeps_what_finished_and_leaves_the_interrupted_run_pending(tmp_p
 
     proc = subprocess.Popen([sys.executable, "-m", "priorguard.cli", "run", "coin-shift", "--out", str(tmp_path),
                              "--seed", "0", *tiny_args("coin-shift")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,  # as from a terminal: a test run from a background job inherits an ignored SIGINT
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:  # interrupt once the run is under way
         if (tmp_path / "index.sqlite").exists() and any(r.status == "running" for r in ResultStore(tmp_path).records()):
