@@ -135,4 +135,3 @@ def test_draws_of_models_over_different_features_share_compiled_code():
         assert post.prep.feature_names == (name,)
         fns.append(post.sample_functions(jax.random.key(0), 2, num_features=16).apply_fn)
     assert fns[0] == fns[1] and hash(fns[0]) == hash(fns[1])
-

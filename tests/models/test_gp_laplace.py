@@ -10,8 +10,8 @@ import pytest
 
 from priorguard.models.base import as_data
 from priorguard.models.gp import fit_gp
-from priorguard.models.gp.laplace import _objective_inputs, laplace_samples
-from priorguard.models.gp.objective import map_objective
+from priorguard.models.gp.laplace import laplace_samples
+from priorguard.models.gp.objective import map_objective, objective_inputs
 from priorguard.priors.kernels import parse_kernel
 from priorguard.priors.models import GPModel
 
@@ -40,7 +40,7 @@ def test_laplace_covariance_is_the_inverse_hessian_of_the_log_joint(fits):
     samples, _, info = laplace_samples(st.program, prep, u, use_prior=True, num_draws=4000,
                                        key=jax.random.PRNGKey(3))
     objective = map_objective(st.program, 1, use_prior=True)
-    x, y = _objective_inputs(st.program, prep)
+    x, y = objective_inputs(st.program, prep)
     f = lambda v: float(objective.value(jnp.asarray(v), x, y))  # noqa: E731
     h, p = 1e-3, u.size
     hess = np.zeros((p, p))

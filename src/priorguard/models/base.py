@@ -64,7 +64,7 @@ class FunctionDraws(eqx.Module):
         return jax.tree_util.tree_leaves(self.params)[0].shape[0]
 
     def __call__(self, x: Float[Array, "N D"]) -> Float[Array, "S N O"]:
-        """Evaluates every draw at ``x`` (in batches of draws when ``S * N`` is large)."""
+        """Evaluates every draw at ``x``."""
         return jax.vmap(self.apply_fn, in_axes=(0, None))(self.params, x)
 
     def one(self, index: Int[Array, ""] | int, x: Float[Array, "N D"]) -> Float[Array, "N O"]:

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from priorguard.models.gp.data import GroupedTargets, Prepared, group_repeated_inputs
+from priorguard.models.gp.data import Prepared
 from priorguard.models.gp.kernels import GPProgram
-from priorguard.models.gp.objective import map_objective, theta_from_sites
+from priorguard.models.gp.objective import map_objective, objective_inputs, theta_from_sites
 
 __all__ = ["MIN_CURVATURE", "laplace_loo_draws", "laplace_samples"]
 
@@ -28,13 +28,6 @@ __all__ = ["MIN_CURVATURE", "laplace_loo_draws", "laplace_samples"]
 MIN_CURVATURE = 1e-2
 #: Central-difference step in unconstrained units.
 STEP = 1e-4
-
-
-def _objective_inputs(program: GPProgram, prep: Prepared) -> tuple[Any, Any]:
-    grouped = group_repeated_inputs(program, prep.x, prep.y)
-    if grouped is None:
-        return jnp.asarray(prep.x), jnp.asarray(prep.y)
-    return jnp.asarray(grouped[0]), GroupedTargets(*(jnp.asarray(a) for a in grouped[1]))
 
 
 def _output_index(objective: Any) -> np.ndarray:
@@ -58,7 +51,7 @@ def laplace_samples(program: GPProgram, prep: Prepared, u_flat: np.ndarray, *, u
         ``laplace_flat_directions`` (eigenvalues raised to :data:`MIN_CURVATURE`).
     """
     objective = map_objective(program, prep.num_outputs, use_prior=use_prior)
-    x, y = _objective_inputs(program, prep)
+    x, y = objective_inputs(program, prep)
     u = np.asarray(u_flat, np.float64)
     index = _output_index(objective)  # [O, P]
     o, p = index.shape

@@ -314,6 +314,15 @@ class MapResult:
     evaluations: int
 
 
+def objective_inputs(program: GPProgram, prep: Prepared) -> tuple[Array, Array | GroupedTargets]:
+    """What the MAP objective reads: ``(x, y)``, or the unique inputs and their
+    :class:`GroupedTargets` (the same objective; discrete environments revisit few states)."""
+    grouped = group_repeated_inputs(program, prep.x, prep.y)
+    if grouped is None:
+        return jnp.asarray(prep.x), jnp.asarray(prep.y)
+    return jnp.asarray(grouped[0]), GroupedTargets(*(jnp.asarray(a) for a in grouped[1]))
+
+
 def fit_map(program: GPProgram, prep: Prepared, inference: MapInference, *, key: PRNGKeyArray,
             use_prior: bool = True, init: Mapping[str, Any] | None = None) -> MapResult:
     """Minimises the negative log joint (``use_prior=False``: negative log marginal likelihood).
@@ -322,11 +331,7 @@ def fit_map(program: GPProgram, prep: Prepared, inference: MapInference, *, key:
     unconstrained), later restarts at numpyro's ``init_to_uniform``.
     """
     objective = map_objective(program, prep.num_outputs, use_prior=use_prior)
-    grouped = group_repeated_inputs(program, prep.x, prep.y)
-    if grouped is None:
-        x, y = jnp.asarray(prep.x), jnp.asarray(prep.y)
-    else:  # the same objective on the unique inputs (discrete environments revisit few states)
-        x, y = jnp.asarray(grouped[0]), GroupedTargets(*(jnp.asarray(a) for a in grouped[1]))
+    x, y = objective_inputs(program, prep)
     if objective.size == 0:
         return MapResult(np.zeros(0), float(objective.value(jnp.zeros(0), x, y)), (), 1)
     keys = jax.random.split(key, inference.restarts)
