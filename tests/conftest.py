@@ -19,6 +19,15 @@ E2E_FILES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """A test worker compiles thousands of programs: past the kernel's memory-map limit the next compile segfaults."""
+    yield
+    from priorguard._runtime import release_compiled_programs
+
+    release_compiled_programs()
+
+
 def pytest_collection_modifyitems(config, items):
     root = config.rootpath / "tests"
     for item in items:

@@ -94,3 +94,44 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
                       "set PRIORGUARD_CACHE to a writable folder to reuse compiled programs across runs",
                       RuntimeWarning, stacklevel=2)
     _DONE = True
+
+
+#: Share of the kernel's memory-map limit (``vm.max_map_count``) a process may hold
+#: before :func:`release_compiled_programs` drops JAX's in-memory programs.
+MAP_SHARE = 0.5
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """(memory mappings this process holds, the kernel's limit), or None where ``/proc`` does not say."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return None
+    return used, limit
+
+
+def release_compiled_programs(share: float = MAP_SHARE) -> bool:
+    """Drops JAX's in-memory compiled programs once this process holds ``share`` of its memory maps.
+
+    Every program XLA:CPU compiles and keeps loaded holds about ten memory
+    mappings of its own, and nothing drops a program while its function lives
+    (ours live in module-level caches). A process that compiles thousands of
+    programs (a long sweep worker; a test worker) reaches the kernel's limit
+    (``vm.max_map_count``, 65530 by default), and the next compile crashes
+    inside XLA with a segmentation fault, whatever it compiles. Dropping the
+    programs frees their mappings; the next call of a function reloads its
+    program from the persistent compilation cache. Returns whether it dropped them.
+    """
+    maps = memory_maps()
+    if maps is None or maps[0] < share * maps[1]:
+        return False
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    return True

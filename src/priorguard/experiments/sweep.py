@@ -108,7 +108,13 @@ def _worker_init(counter: Any = None, workers: int = 1) -> None:
 
 
 def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
-    """Runs one task in this process, catching its failure into the outcome."""
+    """Runs one task in this process, catching its failure into the outcome.
+
+    Afterwards drops JAX's compiled programs if the process nears its memory-map
+    limit (:func:`priorguard._runtime.release_compiled_programs`).
+    """
+    from priorguard._runtime import release_compiled_programs
+
     started = time.time()
     try:
         metrics = _resolve(run_fn)(task)
@@ -117,6 +123,8 @@ def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
         tb = traceback.format_exception(exc)
         return TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}",
                            started=started, finished=time.time())
+    finally:  # a worker that runs many runs never reaches the memory-map limit
+        release_compiled_programs()
 
 
 Event = Literal["skip", "start", "done", "failed"]
