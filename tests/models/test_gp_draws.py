@@ -135,3 +135,21 @@ def test_draws_of_models_over_different_features_share_compiled_code():
         assert post.prep.feature_names == (name,)
         fns.append(post.sample_functions(jax.random.key(0), 2, num_features=16).apply_fn)
     assert fns[0] == fns[1] and hash(fns[0]) == hash(fns[1])
+
+
+def test_many_draws_at_many_rows_are_evaluated_in_batches_with_the_same_values():
+    """Above DRAW_BATCH_ROWS rows x draws, draws are mapped a batch at a time (bounded memory);
+    16 draws in batches of 13: the last chunk is padded and cut off again."""
+    import priorguard.models.base as base
+    from priorguard.models.base import FunctionDraws
+
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (16, 3, 2))}
+    draws = FunctionDraws(params, lambda p, x: jnp.tanh(x @ p["w"]))
+    x = jax.random.normal(jax.random.PRNGKey(1), (300, 3))
+    xs = jax.random.normal(jax.random.PRNGKey(2), (16, 300, 3))
+    assert base._draw_batch(16, 300) == base.DRAW_BATCH_ROWS // 300 == 13  # 16 x 300 > 4096: batched
+    assert base._draw_batch(16, 8) is None  # a planner-sized call: one vmap
+    chunks = base._chunks(params, 13)["w"]
+    assert chunks.shape == (2, 13, 3, 2) and np.array_equal(chunks[1, 3:], np.broadcast_to(params["w"][0], (10, 3, 2)))
+    np.testing.assert_allclose(draws(x), jax.vmap(draws.apply_fn, in_axes=(0, None))(params, x), rtol=1e-12)
+    np.testing.assert_allclose(draws.per_draw(xs), jax.vmap(draws.apply_fn)(params, xs), rtol=1e-12)
