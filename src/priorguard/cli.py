@@ -57,9 +57,10 @@ def _load(spec: str, overrides: list[str] | None = None):
         _spec_fail(e)
 
 
-def _at_point(spec: str, point: int, overrides: list[str] | None):
+def _at_point(spec: str, point: int, overrides: list[str] | None, *, as_sweep: bool = False):
     """The spec at sweep point ``point`` (no sweep left), then the user's overrides: they win
-    over the point's value of the same field."""
+    over the point's value of the same field. With ``as_sweep`` the point and the overrides
+    stay a one-point sweep instead, so a run records them (and gets the sweep point's run id)."""
     from priorguard.experiments import parse_override
     from priorguard.priors.errors import SpecError
 
@@ -68,10 +69,14 @@ def _at_point(spec: str, point: int, overrides: list[str] | None):
     if point >= len(points):
         _fail(f"--point must be in 0 .. {len(points) - 1} (the sweep has {len(points)} point(s)), got {point}")
     try:
-        resolved = loaded.model_copy(update={"sweep": {}}).with_overrides(points[point], source=spec)
-        if overrides:
-            resolved = resolved.with_overrides(dict(parse_override(o) for o in overrides), source=spec)
-        return resolved
+        base = loaded.model_copy(update={"sweep": {}})
+        resolved = base.with_overrides(points[point], source=spec)
+        user = dict(parse_override(o) for o in overrides or [])
+        if user:
+            resolved = resolved.with_overrides(user, source=spec)
+        if not as_sweep:
+            return resolved
+        return base.model_copy(update={"sweep": {path: [value] for path, value in {**points[point], **user}.items()}})
     except SpecError as e:
         _spec_fail(e)
 
@@ -246,7 +251,7 @@ def run(
     if all_points and point:
         _fail("--point picks one sweep point; --sweep runs them all: give one of them")
     _check_format(fmt_name)
-    loaded = _load(spec, set_) if all_points else _at_point(spec, point, set_)
+    loaded = _load(spec, set_) if all_points else _at_point(spec, point, set_, as_sweep=True)
     _prepare_out(out_dir)
     if seed is not None:
         loaded = loaded.model_copy(update={"seeds": [seed]})
@@ -291,15 +296,8 @@ def sweep(
 
 def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, address: str | None,
                       progress: bool, fmt_name: str = "table") -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
 
     from priorguard.store import ResultStore, StoreBusyError
     from priorguard.experiments.sweep import BackendError, run_sweep, tasks_for

@@ -125,6 +125,22 @@ def test_instrumental_from_the_logged_returns_runs_end_to_end(tmp_path):
     assert np.all((y >= -1e-9) & (y <= bound + 1e-9)) and y.min() < 1e-9 < y.max()
 
 
+def test_a_run_of_one_point_is_stored_as_that_sweep_point(tmp_path):
+    """`run --point 1` into a sweep's folder records the point's overrides and gets the
+    sweep's run id (so the report finds the point, not a made-up "base"); a --set is
+    recorded beside the point's fields and gives another run."""
+    from priorguard.cli import _at_point, _load
+    from priorguard.experiments.sweep import tasks_for
+
+    swept = {(t.seed, repr(sorted(t.overrides.items()))): t.run_id for t in tasks_for(_load("coin-shift"), tmp_path)}
+    one = tasks_for(_at_point("coin-shift", 1, None, as_sweep=True), tmp_path)
+    assert one and all(t.overrides for t in one)
+    assert all(swept[(t.seed, repr(sorted(t.overrides.items())))] == t.run_id for t in one)
+    changed = tasks_for(_at_point("coin-shift", 1, ["planner.veto.alpha=0.1"], as_sweep=True), tmp_path)
+    assert all(t.overrides["planner.veto.alpha"] == 0.1 and t.run_id not in swept.values() for t in changed)
+    assert {k for k in changed[0].overrides if k != "planner.veto.alpha"} == set(one[0].overrides)
+
+
 def test_run_picks_a_sweep_point_and_its_set_wins_over_the_point(tmp_path):
     """`run --point 2` runs coin-shift's even-offset prior; a --set of a field the point also
     sets wins (here: T without the symmetry, I keeping it). The spec `run` resolves is the
