@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _FACE = {
+    # process set-up (float64, host devices, compilation cache), before JAX is first used
+    "configure": "priorguard._runtime",
     # the experiment: spec, shipped experiments, runs
     **dict.fromkeys(["ExperimentSpec", "load_spec", "run_experiment", "run_sweep"], "priorguard.experiments"),
     "SpecError": "priorguard.priors",

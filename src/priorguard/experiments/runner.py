@@ -89,6 +89,9 @@ class Runner:
     """
 
     def __init__(self, spec: ExperimentSpec, seed: int, *, progress: Progress | None = None):
+        if not jax.config.jax_enable_x64:  # GP numerics in float32 lose the posterior (and the numbers differ)
+            raise RuntimeError("a priorguard run needs float64: call priorguard.configure() before JAX is first "
+                               "used (or jax.config.update('jax_enable_x64', True))")
         self.ctx = RunContext.create(spec, seed, progress)
 
     def keys(self) -> dict[str, Any]:
