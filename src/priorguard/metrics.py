@@ -26,6 +26,9 @@ ARMS: tuple[tuple[str, str], ...] = (("", "planner"), ("no_veto_", "no veto"), (
                                      ("proposal_alone_", "A alone"), ("oracle_", "oracle"))
 
 
+#: How a run says its environment has no catastrophic states (the end of ``veto_precision_na``).
+NO_CATASTROPHES = "has no catastrophic states"
+
 @dataclass(frozen=True)
 class Metric:
     """One metric a run reports.

@@ -1,5 +1,6 @@
 """Reports from a result store: grouped by sweep point, intervals over seeds, self-contained HTML."""
 
+import math
 import subprocess
 import sys
 
@@ -23,11 +24,14 @@ def fill(store, points, extra=None):
             store.mark_done(run_id, metrics)
 
 
-def test_mean_interval_matches_t_distribution():
-    m, lo, hi = mean_interval([0.2, 0.4, 0.6, 0.8])
-    assert m == pytest.approx(0.5)
-    # t(3) 95% quantile 2.3534, sd 0.2582, se 0.1291
-    assert hi - m == pytest.approx(2.3534 * 0.2582 / 2, rel=1e-3)
+def test_mean_interval_matches_t_distribution_and_is_the_range_below_five_seeds():
+    m, lo, hi = mean_interval([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert m == pytest.approx(0.6)
+    # t(4) 95% quantile 2.1318, sd 0.3162, se 0.1414
+    assert hi - m == pytest.approx(2.1318 * 0.3162 / math.sqrt(5), rel=1e-3)
+    # two seeds: their range, not a t-interval of 6.3 standard errors
+    assert mean_interval([0.1, 0.9]) == pytest.approx((0.5, 0.1, 0.9))
+    assert mean_interval([0.3, 0.5, 0.4, 0.2]) == pytest.approx((0.35, 0.2, 0.5))
     assert mean_interval([1.0]) == (1.0, 1.0, 1.0)
     assert all(np.isnan(mean_interval([float("nan")])))
 
@@ -188,16 +192,43 @@ def test_intervals_of_rates_stay_in_zero_one_and_others_do_not():
     from priorguard.analysis.report import PointSummary
     from priorguard.metrics import is_unit_metric
 
-    point = PointSummary("e", "p", [0, 1, 2], {"tampering_rate": [0.0, 1.0, 1.0], "regret": [0.0, 1.0, 1.0],
-                                              "terminal_coverage90_deploy": [0.0, 0.0, 1.0]}, [])
+    five = [0.0, 0.0, 1.0, 1.0, 1.0]
+    point = PointSummary("e", "p", list(range(5)), {"tampering_rate": five, "regret": five,
+                                                    "terminal_coverage90_deploy": [0.0, 0.0, 0.0, 0.0, 1.0]}, [])
     m, lo, hi = point.stat("tampering_rate")
-    assert m == pytest.approx(2 / 3) and (lo, hi) == (0.0, 1.0)  # the t-interval runs from -0.31 to 1.64
+    assert m == pytest.approx(0.6) and hi == 1.0 and 0.0 < lo < 0.2  # the t-interval runs to 1.12
     _, lo_c, _ = point.stat("terminal_coverage90_deploy")
     assert lo_c == 0.0
-    _, lo_r, hi_r = point.stat("regret")  # regret is not bounded by 1
-    assert hi_r > 1.0 and lo_r < 0.0
+    _, _, hi_r = point.stat("regret")  # regret is not bounded by 1
+    assert hi_r > 1.0
+    three = PointSummary("e", "p", [0, 1, 2], {"regret": [0.2, 0.9, 0.5]}, [])
+    assert three.stat("regret") == pytest.approx((1.6 / 3, 0.2, 0.9))  # below 5 seeds: their range
     assert all(is_unit_metric(k) for k in ("veto_recall", "deploy_in_range_fraction", "terminal_epistemic_auroc"))
     assert not any(is_unit_metric(k) for k in ("rater_gap", "deploy_return", "regret_in_range"))
+
+
+def test_the_report_opens_with_its_finding_per_seed(tmp_path):
+    """Provenance, the prior with the lowest regret and on how many seeds it won, the planner
+    against A alone, the veto's promise; catastrophe panels left out where the env has none."""
+    store = ResultStore(tmp_path / "store")
+    none = {"veto_precision_na": "e has no catastrophic states", "proposal_alone_regret": 0.5,
+            "train_false_veto_rate": 0.02, "train_false_veto_bound": 0.07}
+    fill(store, {"rbf": [0.1, 0.0, 0.6], "linear": [0.5, 0.7, 0.5]}, extra=none)
+    build_report(store.root, tmp_path / "report")
+    text = (tmp_path / "report" / "index.md").read_text()
+    finding = text.split("## Finding", 1)[1].split("\n## ", 1)[0]
+    assert "exp on e: 6 run(s), 2 sweep point(s) x seeds 0, 1, 2; priorguard" in finding
+    assert "Lowest deploy regret: kernel.kind=rbf (0.10 / 0.00 / 0.60)" in finding
+    assert "lower on 2 of 3 seed(s)" in finding
+    assert "over A alone's: 0.20 / 0.00 / 1.20 (below 1, where the planner acted better than A, on 2 of 3" in finding
+    assert "held on 6 of 6 run(s)" in finding and "e has no catastrophic states" in finding
+    metrics = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    assert "catastrophe" not in metrics and "veto precision" not in metrics
+    assert not (tmp_path / "report" / "veto_threshold.png").exists()
+    # with catastrophes the panels stay
+    fill(store, {"matern52": [0.3]}, extra={"veto_precision": 0.5})
+    build_report(store.root, tmp_path / "report2")
+    assert "catastrophe" in (tmp_path / "report2" / "index.md").read_text().split("## Metrics", 1)[1]
 
 
 def test_report_shows_the_veto_promise_per_run(tmp_path):

@@ -2,7 +2,7 @@
 
 ``build_report(store_dir, out_dir)`` writes ``index.md`` and a self-contained
 ``index.html`` (PNG plots embedded) with, per sweep point (a prior choice),
-mean and 90% t-intervals over seeds of regret (all deploy episodes, and those
+mean and interval over seeds (their range below 5 seeds, else 90% Student-t) of regret (all deploy episodes, and those
 starting inside / outside the range of T's training inputs) and catastrophe rate; veto rate
 and catastrophes against the calibrated threshold; coverage on train vs
 deploy; AUROC of epistemic uncertainty; diagnostics; in-distribution
@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from priorguard import __version__
+from priorguard.analysis.finding import findings, has_catastrophes
 from priorguard.metrics import is_unit_metric, metric, outcome_groups, table_metrics
 from priorguard.store import ResultStore
 
 LEVEL = 0.9
+#: Fewest seeds for a Student-t interval; fewer show their range (min, max).
+MIN_T_SEEDS = 5
 
 
 @dataclass
@@ -45,22 +49,26 @@ class PointSummary:
     loso: list[float] = dataclasses.field(default_factory=list)
 
     def stat(self, key: str) -> tuple[float, float, float]:
-        """Mean and 90% t-interval over seeds (NaNs dropped), cut to [0, 1] for rates and fractions."""
+        """Mean and interval over seeds (NaNs dropped; see :func:`mean_interval`), rates cut to [0, 1]."""
         return mean_interval(self.metrics.get(key, []), bounds=(0.0, 1.0) if is_unit_metric(key) else None)
 
 
 def mean_interval(values: list[float], level: float = LEVEL,
                   bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
-    """Mean and a Student-t interval over seeds; the interval is the mean itself for one seed.
+    """Mean and an interval over seeds: Student-t from ``MIN_T_SEEDS`` seeds, else their range.
 
-    ``bounds`` cut the interval to a metric's range (a rate's interval over 3 seeds
-    can otherwise run from -0.3 to 1.6).
+    Over 2 to 4 seeds a t-interval says little but its width (over 2 seeds its half-width
+    is 6.3 standard errors: a fraction's interval ran from -2.66 to 3.66); the seeds' own
+    minimum and maximum say what was measured. One seed's interval is its value.
+    ``bounds`` cut a t-interval to a metric's range.
 
     Example:
-        >>> m, lo, hi = mean_interval([1.0, 2.0, 3.0])
+        >>> mean_interval([1.0, 2.0, 3.0])
+        (2.0, 1.0, 3.0)
+        >>> m, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
         >>> round(m, 3), round(lo, 3), round(hi, 3)
-        (2.0, 0.314, 3.686)
-        >>> mean_interval([0.0, 1.0, 1.0], bounds=(0.0, 1.0))[2]
+        (3.0, 1.493, 4.507)
+        >>> mean_interval([0.0, 1.0, 1.0, 1.0, 1.0], bounds=(0.0, 1.0))[2]
         1.0
     """
     from scipy.stats import t
@@ -69,8 +77,8 @@ def mean_interval(values: list[float], level: float = LEVEL,
     if v.size == 0:
         return (float("nan"),) * 3
     m = float(v.mean())
-    if v.size < 2:
-        return m, m, m
+    if v.size < MIN_T_SEEDS:
+        return m, float(v.min()), float(v.max())
     half = float(t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     lo, hi = m - half, m + half
     if bounds is not None:
@@ -156,10 +164,10 @@ def _bars(points: list[PointSummary], keys: list[tuple[str, str]], title: str, p
         stats = [p.stat(key) for p in points]
         means = [s[0] for s in stats]
         err = np.array([[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]])
-        ax.barh(range(len(points)), means, xerr=np.nan_to_num(err), color="tab:blue", alpha=0.7, capsize=3)
+        ax.barh(range(len(points)), means, xerr=np.maximum(np.nan_to_num(err), 0.0), color="tab:blue", alpha=0.7, capsize=3)
         ax.set_yticks(range(len(points)), labels if ax is axes[0][0] else [""] * len(points), fontsize=7)
         ax.set_xlabel(name)
-    fig.suptitle(f"{title} (mean and 90% interval over seeds)", fontsize=9)
+    fig.suptitle(f"{title} (mean; bars: range over seeds below {MIN_T_SEEDS}, else 90% t-interval)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")  # long sweep-point labels stay on the canvas
     plt.close(fig)
@@ -216,19 +224,23 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         "loo_vs_deploy.png": "In-distribution cross-validation of T vs deploy regret",
     }
     cv_name, cv = _cv(points)
+    done = store.records(status="done")
+    catastrophes = any(has_catastrophes(r.metrics or {}) for r in done)
     # the rows of the metric registry's report view; optional ones where some run measured them
     measured = [{k: (v or None) for k, v in p.metrics.items()} for p in points]
-    table_keys = [(m.name, m.label) for m in table_metrics("report", measured)]
+    table_keys = [(m.name, m.label) for m in table_metrics("report", measured)
+                  if catastrophes or not any(w in m.name for w in ("catastrophe", "veto_precision", "veto_recall"))]
     for name, (label, keys) in outcome_groups().items():  # outcomes the environments declare
         if any(p.metrics.get(keys[0]) for p in points):
             plots[f"{name}.png"] = f"{label}: the fraction of deploy episodes where it happened"
             _bars(points, [(k, metric(k).label) for k in keys], label, out / f"{name}.png")
     _bars(points, [("regret", "regret (fraction of best)"),
                    ("regret_in_range", "regret, starts inside T's train range"),
-                   ("regret_out_of_range", "regret, starts outside it"), ("catastrophe_rate", "catastrophe rate")],
+                   ("regret_out_of_range", "regret, starts outside it"),
+                   *[("catastrophe_rate", "catastrophe rate")] * catastrophes],
           "Goal generalisation on the deploy split", out / "generalisation.png")
-    _bars(points, [("veto_rate", "veto rate"), ("no_veto_catastrophe_rate", "catastrophes without veto"),
-                   ("catastrophe_rate", "catastrophes with veto")], "Vetoes", out / "veto.png")
+    _bars(points, [("veto_rate", "veto rate"), *[("no_veto_catastrophe_rate", "catastrophes without veto"),
+                   ("catastrophe_rate", "catastrophes with veto")] * catastrophes], "Vetoes", out / "veto.png")
     coverage = [("terminal_coverage90_train", "T 90% coverage, train"),
                 ("terminal_coverage90_deploy", "T 90% coverage, deploy")]
     if any(p.metrics.get("instrumental_coverage90_train") for p in points):
@@ -236,8 +248,11 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
                      ("instrumental_coverage90_deploy", "I 90% coverage, deploy")]
     _bars(points, coverage, "Coverage", out / "coverage.png")
     _bars(points, [("terminal_epistemic_auroc", "AUROC")], "Epistemic AUROC", out / "auroc.png")
-    _scatter(points, "veto_threshold", "catastrophe_rate", "calibrated epistemic-std threshold",
-             "catastrophe rate", plots["veto_threshold.png"], out / "veto_threshold.png")
+    if catastrophes:
+        _scatter(points, "veto_threshold", "catastrophe_rate", "calibrated epistemic-std threshold",
+                 "catastrophe rate", plots["veto_threshold.png"], out / "veto_threshold.png")
+    else:  # nothing to plot against
+        del plots["veto_threshold.png"]
     _scatter(points, "", "regret", f"elpd-{cv_name} of T (train split)", "deploy regret", plots["loo_vs_deploy.png"],
              out / "loo_vs_deploy.png", x_values=cv)
 
@@ -252,9 +267,10 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     diag_head = ["experiment", "sweep point", *DIAG_KEYS]
     diag_rows = [[p.experiment, p.label, *(_fmt(*p.stat(k)) for k in DIAG_KEYS)] for p in points]
 
-    md = [f"# priorguard report: {store_dir}", "",
+    found = findings(done, _label, __version__)
+    md = [f"# priorguard report: {store_dir}", "", "## Finding", "", *(f"- {f}" for f in found), "",
           f"{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
-          "Intervals are 90% Student-t intervals over seeds.", "", "## Metrics", "",
+          "Intervals: [min, max] over seeds below 5 seeds, else 90% Student-t intervals.", "", "## Metrics", "",
           _md_table(head, rows), "", "## Does in-distribution cross-validation rank priors the way deployment does?",
           "", CV_NOTE, "", _rank_sentence(points, loo_rank, deploy_rank, cv, cv_name), "",
           "## The three arms, per run", "", ARMS_NOTE, "", _md_table(arms_head, arms_rows), "",
@@ -264,9 +280,11 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
         md += [f"## {title}", "", f"![{title}]({name})", ""]
     (out / "index.md").write_text("\n".join(md), encoding="utf-8")
 
-    body = [f"<h1>priorguard report: {html.escape(str(store_dir))}</h1>",
+    body = [f"<h1>priorguard report: {html.escape(str(store_dir))}</h1>", "<h2>Finding</h2>",
+            "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>",
             f"<p>{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
-            "Intervals are 90% Student-t intervals over seeds.</p>", "<h2>Metrics</h2>", _html_table(head, rows),
+            "Intervals: [min, max] over seeds below 5 seeds, else 90% Student-t intervals.</p>", "<h2>Metrics</h2>",
+            _html_table(head, rows),
             "<h2>Does in-distribution cross-validation rank priors the way deployment does?</h2>",
             f"<p>{html.escape(CV_NOTE)}</p>",
             f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank, cv, cv_name))}</p>",

@@ -192,6 +192,8 @@ def veto_scores(info: Any, veto: Any, deploy: dict[str, Any], train: dict[str, A
     """
     from scipy.stats import binom
 
+    from priorguard.metrics import NO_CATASTROPHES
+
     m: dict[str, Any] = {}
     m["veto_rate"] = _ratio(deploy["vetoed"], deploy["candidates"])
     m["fallback_rate"] = _ratio(deploy["fallbacks"], deploy["decisions"])
@@ -200,7 +202,7 @@ def veto_scores(info: Any, veto: Any, deploy: dict[str, Any], train: dict[str, A
             ("veto_recall", deploy["vetoed_catastrophic"], deploy["catastrophic_candidates"],
              "no candidate action on deploy would have been catastrophic")):
         if not info.has_catastrophes:
-            m[name], m[f"{name}_na"] = None, f"{info.env_id} has no catastrophic states"
+            m[name], m[f"{name}_na"] = None, f"{info.env_id} {NO_CATASTROPHES}"
         elif not deploy.get("candidates_checked", True):
             m[name], m[f"{name}_na"] = None, ("the environment cannot tell whether an action not taken would have"
                                               " been catastrophic")
