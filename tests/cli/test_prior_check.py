@@ -25,7 +25,7 @@ def test_prior_check_writes_datatrees_and_plots(tmp_path):
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["prior_instrumental.nc", "prior_instrumental.png", "prior_terminal.nc", "prior_terminal.png",
-                     "prior_world.nc", "prior_world.png", "prior_world_depth.png"]
+                     "prior_terminal_points.png", "prior_world.nc", "prior_world.png", "prior_world_depth.png"]
     dt = read_datatree(out / "prior_terminal.nc")
     assert {"prior", "prior_predictive"} <= set(dt.children)
     ls = dt["prior"]["terminal.kernel.lengthscale"].values  # the declared LogNormal(0, 1), ARD over 2 features
@@ -71,3 +71,18 @@ def test_prior_check_draws_every_shipped_experiments_priors(name, tmp_path):
         draws = dt["prior_predictive"]
         assert all(np.isfinite(draws[v].values).all() for v in draws.data_vars), role
     assert written
+
+
+def test_prior_check_draws_the_sweep_points_side_by_side(tmp_path):
+    """coin-shift sweeps T's and I's inputs and symmetry: one figure per changed role, a row per
+    point; W is the same at every point and gets none."""
+    from PIL import Image
+
+    out = tmp_path / "pc"
+    r = cli("prior-check", "coin-shift", "--out", out, "--draws", "4")
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"prior_terminal_points.png", "prior_instrumental_points.png"} <= names
+    assert "prior_world_points.png" not in names and not any(n.startswith(".") for n in names)
+    width, height = Image.open(out / "prior_terminal_points.png").size
+    assert height > 2 * 180  # three rows of panels

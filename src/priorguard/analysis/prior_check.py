@@ -289,3 +289,72 @@ def write_prior_check(roles: Mapping[str, ModelSpec], info: Any, out_dir: Path, 
         return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def plot_points(role: str, draws: Sequence[tuple[str, RolePrior]], path: Path, *, max_lines: int = 30) -> None:
+    """One row per sweep point: the role's prior function draws along each feature it reads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(rp.feature_names) for _, rp in draws)
+    fig, axes = plt.subplots(len(draws), cols, figsize=(max(3.2 * cols, 7.0), 2.4 * len(draws)), squeeze=False)
+    for r, (label, rp) in enumerate(draws):
+        for f in range(cols):
+            ax = axes[r][f]
+            if f >= len(rp.feature_names):
+                ax.axis("off")
+                continue
+            lo, hi = rp.ranges[f]
+            xs = lo + rp.grid * (hi - lo)
+            for s in range(min(max_lines, rp.latent.shape[0])):
+                ax.plot(xs, rp.latent[s, f, :, 0], lw=0.8, alpha=0.5)
+            q = np.quantile(rp.observed[:, f, :, 0], [0.05, 0.95], axis=0)
+            ax.fill_between(xs, q[0], q[1], color="grey", alpha=0.15, lw=0)
+            ax.set_xlabel(rp.feature_names[f])
+            if f == 0:
+                ax.set_title(label[:110], fontsize=7, loc="left")
+    fig.suptitle(f"{role}: prior function draws at each sweep point (band: 90% prior predictive)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_prior_check_points(points: Sequence[tuple[dict[str, Any], Mapping[str, ModelSpec], Sequence[int]]],
+                             info: Any, out_dir: Path, *, seed: int = 0, num_draws: int = 50,
+                             on_step: Callable[[str], None] | None = None) -> list[Path]:
+    """The sweep's points side by side: ``prior_<role>_points.png`` for every role the sweep changes.
+
+    Args:
+        points: per sweep point, its overrides, its roles and W's output columns (as for
+            :func:`prior_draws`).
+        info, seed, num_draws, on_step: as for :func:`write_prior_check`; every point draws
+            with the same key, so points that share a prior show the same functions.
+
+    Returns:
+        The paths written (none when no role differs between points).
+    """
+    from priorguard.analysis.report import _label
+
+    changed = [role for role in points[0][1] if len({repr(p[1].get(role)) for p in points}) > 1]
+    if not changed:
+        return []
+    per_point = []
+    for i, (overrides, roles, columns) in enumerate(points):
+        if on_step:
+            on_step(f"draw sweep point {i}")
+        sub = {r: roles[r] for r in changed if r in roles}
+        per_point.append((f"point {i}: {_label(overrides)}",
+                          prior_draws(sub, info, world_columns=columns, key=jax.random.key(seed),
+                                      num_draws=num_draws)))
+    written = []
+    out_dir = Path(out_dir)
+    for role in changed:
+        draws = [(label, d[role]) for label, d in per_point if role in d]
+        path = out_dir / f"prior_{role}_points.png"
+        tmp = out_dir / f".prior_{role}_points.png.tmp.png"
+        plot_points(role, draws, tmp)
+        tmp.replace(path)
+        written.append(path)
+    return written
