@@ -33,6 +33,8 @@ def test_prior_check_writes_datatrees_and_plots(tmp_path):
     f = dt["prior_predictive"]["f"]
     assert f.sizes["feature"] == 2 and f.sizes["draw"] == 12
     assert list(f["feature"].values) == ["coin_dx", "agent_x"]
+    x = dt["prior_predictive"]["x"]  # the slices' points in feature units: coin_dx spans -9 .. 9
+    assert x.dims == ("feature", "grid") and float(x[0].min()) < -1 < 1 < float(x[0].max())
     # functions vary along the grid (a draw is a function, not a constant)
     assert float(np.std(f.values[0, :, 0, :, 0], axis=-1).max()) > 1e-3
     world = read_datatree(out / "prior_world.nc")

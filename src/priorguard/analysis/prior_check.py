@@ -200,12 +200,17 @@ def to_datatree(rp: RolePrior) -> Any:
         dims[k] = [f"{k}_dim{i}" for i in range(v.ndim - 2)]
     pp = {"f": rp.latent[None], "y": rp.observed[None]}
     coords = {"feature": rp.feature_names, "grid": rp.grid, "output": rp.output_names}
-    return az.from_dict(
+    dt = az.from_dict(
         {"prior": prior, "prior_predictive": pp},
         sample_dims=["chain", "draw"],
         dims={**dims, "f": ["feature", "grid", "output"], "y": ["feature", "grid", "output"]},
         coords=coords,
     )
+    # where each slice's points lie along their feature, in the feature's own units
+    lo, hi = (np.array([r[i] for r in rp.ranges], float) for i in (0, 1))
+    x = lo[:, None] + np.asarray(rp.grid)[None] * (hi - lo)[:, None]
+    dt["prior_predictive"] = dt["prior_predictive"].to_dataset().assign_coords(x=(("feature", "grid"), x))
+    return dt
 
 
 def plot_role(rp: RolePrior, path: Path, *, max_lines: int = 30) -> None:
