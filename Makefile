@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PG) report runs/coin-shift
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2
+	$(VENV)/bin/python -m pytest -q -n 2 --durations=25
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(VENV)/bin/python $$b; done
