@@ -479,7 +479,7 @@ def run_here(loaded: Any, task: RunTask, store: Any, on_event: Any, progress: An
         return
     store.mark_running(task.run_id)
     try:
-        spec_one = loaded.model_copy(update={"sweep": {}})
+        spec_one = type(loaded).from_toml(task.spec_toml)  # the task's resolved spec: its sweep point applied
         artifacts = runner.run_experiment(spec_one, task.seed, progress=progress)
         with store.writing(task.run_id) as folder:
             runner.write_run(folder, spec_one, task.seed, task.overrides, artifacts)
