@@ -185,3 +185,22 @@ def test_audits_of_a_new_run_reuse_the_compiled_programs():
         counts.append(dict(TRACES))
     assert counts[0]["sample"] >= 2 and counts[0]["probs"] >= 1
     assert counts[1] == counts[0]
+
+
+def test_many_rows_evaluate_every_world_and_keep_their_own_with_the_same_values():
+    """Above GATHER_ROWS rows, each row's world is picked from every world's values instead of
+    gathering a copy of its draw's parameters per row (the assistant's audit held 1.6 GB that way)."""
+    import numpy as np
+
+    from priorguard.models.base import FunctionDraws
+    from priorguard.planners.worlds import GATHER_ROWS, _gather_draw
+
+    params = {"w": jax.random.normal(jax.random.key(0), (6, 3, 2))}
+    draws = FunctionDraws(params, lambda p, x: jnp.tanh(x @ p["w"]))
+    n = GATHER_ROWS + 44
+    x = jax.random.normal(jax.random.key(1), (n, 3))
+    worlds = jax.random.randint(jax.random.key(2), (n,), 0, 6)
+    per_row = jax.vmap(lambda w, row: draws.one(w, row[None])[0])(worlds, x)
+    np.testing.assert_allclose(_gather_draw(draws, worlds, x), per_row, rtol=1e-12, atol=1e-14)
+    few = _gather_draw(draws, worlds[:10], x[:10])  # a search's batch: gathered per row
+    np.testing.assert_allclose(few, per_row[:10], rtol=1e-12, atol=1e-14)

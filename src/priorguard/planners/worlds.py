@@ -50,9 +50,22 @@ def _column_indices(columns: Any) -> Any:
     return jnp.asarray(values, dtype=jnp.int32)
 
 
+#: Above this many rows, :func:`_gather_draw` evaluates every draw at every row and picks.
+GATHER_ROWS = 256
+
+
 def _gather_draw(draws: FunctionDraws, world_index: Int[Array, " N"], x: Float[Array, "N D"]) -> Array:
-    """Evaluates draw ``world_index[n]`` at ``x[n]`` for every row ``n``."""
-    return jax.vmap(lambda w, row: draws.one(w, row[None])[0])(world_index, x)
+    """Evaluates draw ``world_index[n]`` at ``x[n]`` for every row ``n``.
+
+    A few rows (a search's batch) gather each row's draw. Many rows (an audit's states)
+    would copy a draw's parameters per row (2000 rows of a 512-feature W held 1.6 GB), so
+    there every draw is evaluated at every row, a batch of draws at a time
+    (:class:`FunctionDraws`), and each row keeps its own.
+    """
+    if x.shape[0] <= GATHER_ROWS:
+        return jax.vmap(lambda w, row: draws.one(w, row[None])[0])(world_index, x)
+    every = draws(x)  # [S, N, O]
+    return jnp.take_along_axis(every, world_index[None, :, None], axis=0)[0]
 
 
 def _continue(end: Float[Array, "... 1"]) -> Float[Array, "..."]:
