@@ -226,10 +226,16 @@ def test_ensemble_members_differ_and_fit_each_output(ensemble):
     lpd = post.log_predictive_density(x, y)
     assert lpd.shape == (x.shape[0],) and bool(jnp.all(jnp.isfinite(lpd)))
     dt = post.to_datatree()
-    assert dt["posterior"]["world.layer0.w"].sizes["draw"] == 4
+    # 4 networks are too few draws for PSIS: 25 last-layer Laplace draws around each
+    assert dt["posterior"]["world.layer0.w"].sizes["draw"] == 100
     assert dt["posterior"]["world.noise"].dims == ("chain", "draw", "output")
-    assert dt["posterior_predictive"]["world.y"].shape == (1, 4, x.shape[0], 2)
+    assert dt["posterior_predictive"]["world.y"].shape == (1, 100, x.shape[0], 2)
     assert "sample_stats" not in dt.children
+    # the hidden layer and the noise stay at each network's values
+    first = dt["posterior"]["world.layer0.w"].values[0, ::25]
+    np.testing.assert_array_equal(first, np.asarray(post.samples()["world/layer0/w"])[0])
+    np.testing.assert_array_equal(np.unique(dt["posterior"]["world.noise"].values[0], axis=0),
+                                  np.unique(np.asarray(post.samples()["world/noise"])[0], axis=0))
 
 
 def test_mixture_log_density_is_the_weighted_mixture(depth_mixture):

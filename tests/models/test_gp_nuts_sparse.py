@@ -38,7 +38,7 @@ def test_nuts_posterior_mixes_samples_and_converts_to_arviz():
     assert dt["posterior"]["terminal.kernel.lengthscale"].shape == (2, 40, 1, 1)
     assert set(dt["sample_stats"].data_vars) >= {"diverging", "tree_depth", "lp"}
     assert dt["log_likelihood"]["terminal.y"].shape == (2, 40, 20, 1)  # per (obs, output)
-    assert dt["posterior_predictive"]["terminal.y"].shape[2:] == (20, 1)
+    assert dt["posterior_predictive"]["terminal.y"].shape == (2, 40, 20, 1)  # one replicate per draw
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loo = az.loo(dt)
@@ -104,7 +104,9 @@ def test_sparse_gp_agrees_with_exact_gp():
     lpd = post.log_predictive_density(xq, ps.mean)
     assert lpd.shape == (30,) and np.all(np.isfinite(np.asarray(lpd)))
     dt = post.to_datatree()
-    assert dt["log_likelihood"]["terminal.y"].shape == (1, 1, n)
+    # draws of the latent function from q at each training input, per (obs, output)
+    assert dt["log_likelihood"]["terminal.y"].shape == (1, 100, n, 2)
+    assert dt["posterior"].sizes["draw"] == dt["posterior_predictive"].sizes["draw"] == 100
     assert np.isfinite(float(dt["sample_stats"]["lp"].values[0, 0]))
 
 

@@ -239,7 +239,10 @@ class BNNPosterior:
         """An ArviZ ``xarray.DataTree`` of the fit at ``depth`` (default: most probable).
 
         Groups: ``posterior`` (every latent and deterministic site, ``chain`` x
-        ``draw``; SVI, MAP and ensembles as one chain), ``sample_stats`` (NUTS:
+        ``draw``; SVI, MAP and ensembles as one chain; MAP and ensembles hold draws
+        from a mixture of last-layer Laplace approximations at their networks, too few
+        for PSIS-LOO as they are: see :mod:`priorguard.models.bnn.laplace` and the
+        ``posterior_draws`` attribute), ``sample_stats`` (NUTS:
         ``diverging``, ``tree_depth``, ``n_steps``, ``energy``, ``lp``,
         ``acceptance_rate``, ``step_size``), ``log_likelihood`` (pointwise over
         rows and outputs, the observed data's dims, original units; ``az.loo`` and ``az.loo_pit`` run on it),
@@ -258,16 +261,23 @@ class BNNPosterior:
         fit = self.fit_at(depth)
         cfg = _net_config(self.spec, self.site_prefix, self.input_dim, self.output_dim, fit.depth)
         key = self._predictive_key if key is None else key
-        c, s = jax.tree_util.tree_leaves(fit.samples)[0].shape[:2]
         x, y = self.data.x, self.data.y
+        samples, draw_params, extra = fit.samples, fit.draw_params, {}
+        if self.method in ("map", "ensemble"):  # too few draws for PSIS: Laplace draws around the modes
+            from priorguard.models.bnn.fit import _programs
+            from priorguard.models.bnn.laplace import last_layer_laplace
+
+            samples, draw_params, extra = last_layer_laplace(_programs(cfg), cfg, fit.samples, self._scaling, x, y,
+                                                             jax.random.fold_in(key, 1))
+        c, s = jax.tree_util.tree_leaves(samples)[0].shape[:2]
         n = x.shape[0]
-        f = jax.vmap(fit.apply, in_axes=(0, None))(fit.draw_params, x)
+        f = jax.vmap(fit.apply, in_axes=(0, None))(draw_params, x)
         # per (obs, output), the observed data's dims: the outputs are independent given the weights
-        sd = np.asarray(fit.draw_params["noise"])[:, None, :]
+        sd = np.asarray(draw_params["noise"])[:, None, :]
         ll = (-0.5 * np.log(2 * np.pi * sd**2) - 0.5 * ((np.asarray(y)[None] - np.asarray(f)) / sd) ** 2
               ).reshape(c, s, n, -1)
         eps = jax.random.normal(key, f.shape, f.dtype)
-        y_rep = np.asarray(f + eps * fit.draw_params["noise"][:, None, :]).reshape(c, s, n, -1)
+        y_rep = np.asarray(f + eps * draw_params["noise"][:, None, :]).reshape(c, s, n, -1)
         if self.feature_names is not None:
             features: Any = list(self.feature_names)
         elif self.spec.features and len(self.spec.features) == x.shape[1]:
@@ -277,14 +287,14 @@ class BNNPosterior:
         outputs = list(self.output_names) if self.output_names is not None else np.arange(y.shape[1])
         named = {"feature": features, "output": outputs,
                  **{f"hidden{i}": np.arange(w) for i, w in enumerate(fit.widths)}}
-        dims = {name: _site_dims(name, np.shape(v)[2:], cfg) for name, v in fit.samples.items()}
+        dims = {name: _site_dims(name, np.shape(v)[2:], cfg) for name, v in samples.items()}
         coords: dict[str, Any] = {"chain": np.arange(c), "draw": np.arange(s)}
-        for name, v in fit.samples.items():  # each dimension once, in order of first use
+        for name, v in samples.items():  # each dimension once, in order of first use
             for dim, size in zip(dims[name], np.shape(v)[2:]):
                 coords.setdefault(dim, named[dim] if dim in named else np.arange(size))
         observations = observation_groups(self.site_prefix, np.asarray(x), np.asarray(y), ll, y_rep,
                                           output_coord=outputs, input_dim="feature", input_coord=features)
-        groups = {"posterior": posterior_dataset(fit.samples, dims, coords),
+        groups = {"posterior": posterior_dataset(samples, dims, coords),
                   **{g: observations[g] for g in ("posterior_predictive", "observed_data", "constant_data")}}
         if fit.sample_stats is not None:
             groups["sample_stats"] = sample_stats_dataset(nuts_sample_stats(fit.sample_stats))
@@ -310,5 +320,6 @@ class BNNPosterior:
             "widths": list(fit.widths),
             "activation": self.spec.activation,
             "evidence_method": fit.evidence_method or "",
+            **extra,
         }
         return dt

@@ -440,8 +440,9 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
     so ``az.loo`` / ``az.compare`` / ``az.loo_pit`` run on it; the exact LOO at the
     MAP point is ``elpd_loo_exact``. ``elpd_loso`` / ``loso_states``: leave one state
     out (absent with white-noise kernels; NUTS adds ``loso_pareto_k_max``).
-    ``posterior_predictive``: ``ppc_draws`` replicated datasets at the training
-    inputs (function draw plus noise).
+    ``posterior_predictive``: replicated datasets at the training inputs (function
+    draw plus noise): ``ppc_draws`` of them, or under NUTS one per posterior draw
+    (``chain x draw``, as ``az.loo_pit`` needs), each a draw of the predictive mixture.
     Variable names are site names with ``/`` written ``.``.
     """
     import xarray as xr
@@ -472,12 +473,15 @@ def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
         groups["posterior"] = posterior_dataset(st.program, {k: v[None] for k, v in samples.items()},
                                                 prep.output_names)
         groups["sample_stats"] = datatree.sample_stats_dataset({"lp": lp[None]})
-    draws = post.sample_functions(k_draws, ppc_draws)
+    # NUTS: one replicate per posterior draw, so posterior_predictive shares the chain and draw of
+    # log_likelihood (az.loo_pit pairs them); the replicates are draws of the predictive mixture
+    rep_shape = loo.shape[:2] if record.method == "nuts" else (1, ppc_draws)
+    draws = post.sample_functions(k_draws, int(np.prod(rep_shape)))
     f = np.asarray(draws(jnp.asarray(prep.raw_x)))  # [R, N, O]
     noise_sd = np.sqrt(np.asarray(mixture_moments(st.weights, *exact_components(st, jnp.asarray(prep.raw_x))
                                                   ).aleatoric_var))
     eps = np.asarray(jax.random.normal(k_noise, f.shape, jnp.float64))
-    groups.update(observation_groups(prep, prefix, loo, (f + eps * noise_sd)[None]))
+    groups.update(observation_groups(prep, prefix, loo, (f + eps * noise_sd).reshape(*rep_shape, *f.shape[1:])))
     dt = xr.DataTree.from_dict(groups)
     dt.attrs.update({"model": "gp", "inference": record.method, "site_prefix": prefix,
                      "kernel": st.program.describe(), "jitter": post.jitter,

@@ -349,28 +349,40 @@ class SparseGPPosterior(eqx.Module):
         return {k: np.asarray(v) for k, v in self.state.theta.items()}
 
     def to_datatree(self, *, ppc_draws: int = 100) -> Any:
-        """ArviZ DataTree: ``posterior`` (hyperparameters, ``chain=1, draw=1``),
-        ``sample_stats`` (``lp``: collapsed ELBO plus log prior), ``observed_data``,
-        ``constant_data``, ``log_likelihood`` (``log p(y_i | x_i, q)``, the
-        variational predictive at each training point; not a leave-one-out
-        density) and ``posterior_predictive`` (marginal replicates per point)."""
+        """ArviZ DataTree: ``posterior`` (hyperparameters), ``sample_stats`` (``lp``: collapsed
+        ELBO plus log prior), ``observed_data``, ``constant_data``, ``log_likelihood`` and
+        ``posterior_predictive``, over ``chain = 1`` and ``draw = S`` (``ppc_draws``, fewer when
+        ``S * N * O`` would pass 1e7).
+
+        The draws are of the latent function under the variational posterior ``q``, at
+        the fitted hyperparameters: draw ``s`` holds ``f_s(x_i)`` from ``q``'s marginal at
+        each training input (independent across inputs: PSIS-LOO and LOO-PIT read each
+        input alone), ``log_likelihood`` is ``log N(y_i | f_s(x_i), noise^2)`` per
+        observation and output (observed_data's dims; raw units) and
+        ``posterior_predictive`` is ``f_s(x_i)`` plus noise, so ``az.loo``, ``az.compare``
+        and ``az.loo_pit`` run on it. The hyperparameters and ``lp`` are point estimates,
+        the same at every draw."""
         import xarray as xr
 
         prep, record = self.prep, self.record
         prefix = self.state.program.site_prefix
         x = jnp.asarray(prep.raw_x)
         mean, var, noise = (np.asarray(a) for a in _sparse_moments(self.state, x))
-        sd = np.sqrt(var + noise)
-        ll = np.sum(-0.5 * (np.log(2 * np.pi * sd**2) + ((prep.raw_y - mean) / sd) ** 2), axis=-1)
         draws = max(1, min(ppc_draws, int(1e7 // max(1, mean.size))))
-        key = jax.random.key(0) if record.key is None else record.key
-        y_rep = mean + sd * np.asarray(jax.random.normal(key, (draws, *mean.shape), jnp.float64))
-        groups = {"posterior": posterior_dataset(self.state.program, record.samples, prep.output_names),
-                  "sample_stats": xr.Dataset({"lp": (["chain", "draw"], record.log_joint)},
-                                             coords={"chain": [0], "draw": [0]})}
-        groups.update(observation_groups(prep, prefix, ll[None, None], y_rep[None]))
+        k_f, k_y = jax.random.split(jax.random.key(0) if record.key is None else record.key)
+        f = mean + np.sqrt(var) * np.asarray(jax.random.normal(k_f, (draws, *mean.shape), jnp.float64))
+        sd = np.sqrt(noise)
+        ll = -0.5 * (np.log(2 * np.pi * sd**2) + ((prep.raw_y - f) / sd) ** 2)  # [S, N, O]
+        y_rep = f + sd * np.asarray(jax.random.normal(k_y, f.shape, jnp.float64))
+        repeat = lambda v: np.repeat(np.asarray(v), draws, axis=1)  # noqa: E731 - [1, 1, ...] -> [1, S, ...]
+        groups = {"posterior": posterior_dataset(self.state.program, {k: repeat(v) for k, v in record.samples.items()},
+                                                 prep.output_names),
+                  "sample_stats": xr.Dataset({"lp": (["chain", "draw"], repeat(record.log_joint))},
+                                             coords={"chain": [0], "draw": np.arange(draws)})}
+        groups.update(observation_groups(prep, prefix, ll[None], y_rep[None]))
         dt = xr.DataTree.from_dict(groups)
-        dt.attrs.update({"model": "svgp", "inference": "map", "site_prefix": prefix,
+        dt.attrs.update({"model": "svgp", "inference": "map", "site_prefix": prefix, "posterior_draws":
+                         "latent function under q, marginal per training input; hyperparameters fixed",
                          "kernel": self.state.program.describe(), "inducing": int(self.state.z.shape[1]),
                          "noise_floor": self.state.program.noise_floor})
         return dt

@@ -1,0 +1,201 @@
+"""Every kind of fit writes a DataTree that ArviZ 1.3's model checks run on.
+
+For each kind -- GP by MAP, NUTS, sparse (inducing points) and kernel structure search; BNN
+by NUTS, SVI, ensemble and MAP -- two small fits of the same kind go through ``az.loo``,
+``az.loo_pit``, ``az.compare`` and ``arviz_plots.plot_ppc_dist``.
+
+What the draws are, per kind (each DataTree says it in its attributes):
+
+* GP MAP and structure search (the most probable structure): Laplace draws of the
+  hyperparameters at the MAP point; ``log_likelihood`` is the exact LOO density per draw.
+* GP NUTS: the NUTS draws; ``posterior_predictive`` has one replicate per draw.
+* Sparse GP: draws of the latent function from the variational posterior ``q`` at the fitted
+  hyperparameters (``log_likelihood`` is ``log N(y_i | f_s(x_i), noise^2)``).
+* BNN NUTS and SVI: the sampler's / guide's draws.
+* BNN ensemble and MAP: a handful of networks is too few draws for PSIS; the DataTree holds
+  draws from a mixture of last-layer Laplace approximations, one per network
+  (:mod:`priorguard.models.bnn.laplace`), checked below against the exact posterior of a
+  linear model.
+
+Kinds the library refuses to fit (NUTS for a sparse GP or a structure search) are asserted
+as refusals at the end.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import jax
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+import arviz_plots as azp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from priorguard.models import as_data, fit_bnn, fit_gp  # noqa: E402
+from priorguard.models.bnn.laplace import DRAWS  # noqa: E402
+
+N = 30
+_NUTS = {"method": "nuts", "warmup": 30, "samples": 30, "chains": 2}
+_ENSEMBLE = {"method": "ensemble", "members": 3, "steps": 50, "max_steps": 100}
+
+#: kind -> (spec of fit "a", spec of fit "b"); GP pairs differ in the kernel, BNN pairs in the seed.
+KINDS = {
+    "gp_map": ({"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map", "steps": 30}},
+               {"model": "gp", "kernel": {"kind": "linear"}, "inference": {"method": "map", "steps": 30}}),
+    "gp_nuts": ({"model": "gp", "kernel": {"kind": "rbf"}, "inference": _NUTS},
+                {"model": "gp", "kernel": {"kind": "matern52"}, "inference": _NUTS}),
+    "gp_sparse": ({"model": "gp", "kernel": {"kind": "rbf"}, "sparse": {"inducing": 8, "batch_size": N, "steps": 30}},
+                  {"model": "gp", "kernel": {"kind": "linear"},
+                   "sparse": {"inducing": 8, "batch_size": N, "steps": 30}}),
+    "gp_search": ({"model": "gp", "kernel": {"search": ["rbf", "linear"], "max_terms": 1},
+                   "inference": {"method": "map", "steps": 30}},
+                  {"model": "gp", "kernel": {"search": ["matern52", "linear"], "max_terms": 1},
+                   "inference": {"method": "map", "steps": 30}}),
+    "bnn_nuts": ({"model": "bnn", "hidden": [4], "inference": _NUTS},) * 2,
+    "bnn_svi": ({"model": "bnn", "hidden": [4], "inference": {"method": "svi", "steps": 100, "samples": 50}},) * 2,
+    "bnn_ensemble": ({"model": "bnn", "hidden": [4], "inference": _ENSEMBLE},) * 2,
+    "bnn_map": ({"model": "bnn", "hidden": [4], "inference": {"method": "map", "steps": 50}},) * 2,
+}
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, (N, 1))
+    return x, np.sin(6.0 * x) + 0.1 * rng.normal(size=(N, 1))
+
+
+_CACHE: dict[str, tuple[object, object, object]] = {}
+
+
+def _fits(kind: str) -> tuple[object, object, object]:
+    """``(posterior a, DataTree a, DataTree b)`` of a kind, fitted once per module."""
+    if kind not in _CACHE:
+        x, y = _data()
+        out = []
+        with warnings.catch_warnings():  # 30 NUTS draws per chain: ESS warnings are expected
+            warnings.simplefilter("ignore")
+            for seed, spec in enumerate(KINDS[kind]):
+                if spec["model"] == "gp":
+                    post = fit_gp(spec, as_data(x, y), key=jax.random.key(seed), feature_names=["a"],
+                                  feature_ranges=[(0.0, 1.0)])
+                else:
+                    post = fit_bnn(spec, as_data(x, y), key=jax.random.key(seed), site_prefix="terminal")
+                out.append((post, post.to_datatree()))
+        _CACHE[kind] = (out[0][0], out[0][1], out[1][1])
+    return _CACHE[kind]
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():  # PSIS's Pareto-k warnings on 30 points are not what is tested
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_groups_share_sample_dims_and_log_likelihood_has_the_observed_dims(kind):
+    _, dt, _ = _fits(kind)
+    observed = dt["observed_data"]["terminal.y"]
+    assert observed.dims == ("obs", "output") and observed.shape == (N, 1)
+    assert dt["log_likelihood"]["terminal.y"].dims == ("chain", "draw", *observed.dims)
+    sizes = {g: (dt[g].sizes["chain"], dt[g].sizes["draw"])
+             for g in ("posterior", "posterior_predictive", "log_likelihood")}
+    assert len(set(sizes.values())) == 1, sizes
+    chains, draws = sizes["posterior"]
+    assert chains * draws >= 50, sizes  # enough draws for PSIS's Pareto tail (3 networks are not)
+    assert np.all(np.isfinite(dt["log_likelihood"]["terminal.y"].values))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_loo_has_a_finite_elpd(kind):
+    _, dt, _ = _fits(kind)
+    loo = _quiet(az.loo, dt, pointwise=True)
+    assert np.isfinite(loo.elpd) and np.isfinite(loo.se) and loo.n_data_points == N
+    assert loo.pareto_k.shape == (N, 1)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_loo_pit_is_finite_with_the_observed_shape(kind):
+    _, dt, _ = _fits(kind)
+    pit = np.asarray(_quiet(az.loo_pit, dt)["terminal.y"])
+    assert pit.shape == dt["observed_data"]["terminal.y"].shape
+    assert np.all(np.isfinite(pit)) and np.all((pit >= 0.0) & (pit <= 1.0))
+    assert np.ptp(pit) > 0.1  # not one value for every point
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_compare_ranks_two_fits_of_the_kind(kind):
+    _, a, b = _fits(kind)
+    table = _quiet(az.compare, {"a": a, "b": b})
+    assert sorted(table.index) == ["a", "b"]
+    assert np.all(np.isfinite(table["elpd"].to_numpy())) and table["rank"].min() == 0
+    np.testing.assert_allclose(table["weight"].sum(), 1.0)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_plot_ppc_dist_draws_the_replicates_and_the_data(kind):
+    _, dt, _ = _fits(kind)
+    try:
+        pc = _quiet(azp.plot_ppc_dist, dt)
+        assert pc.viz["predictive_dist"]["terminal.y"].sizes["sample"] == min(50, dt["posterior_predictive"].sizes["draw"]
+                                                                               * dt["posterior_predictive"].sizes["chain"])
+        assert "terminal.y" in pc.viz["observed_dist"].data_vars
+    finally:
+        plt.close("all")
+
+
+def test_mode_fits_state_their_laplace_draws():
+    for kind, networks in (("bnn_ensemble", _ENSEMBLE["members"]), ("bnn_map", 1)):
+        _, dt, _ = _fits(kind)
+        per_member = -(-DRAWS // networks)
+        assert dt.attrs["laplace_draws_per_member"] == per_member
+        assert dt["posterior"].sizes["draw"] == networks * per_member
+        assert "last-layer Laplace" in dt.attrs["posterior_draws"]
+
+
+def test_sparse_gp_draws_average_to_its_predictive_density():
+    """The q-draws' log-likelihood, averaged over draws, is the variational predictive density."""
+    post, dt, _ = _fits("gp_sparse")
+    x, y = _data()
+    ll = dt["log_likelihood"]["terminal.y"].values[0, :, :, 0]  # [S, N]
+    mc = np.logaddexp.reduce(ll, axis=0) - np.log(ll.shape[0])
+    w = np.exp(ll - ll.max(0))
+    se = w.std(0) / (w.mean(0) * np.sqrt(ll.shape[0]))  # Monte-Carlo error of the log-mean-exp (delta method)
+    np.testing.assert_array_less(np.abs(mc - np.asarray(post.log_predictive_density(x, y))), 4 * se + 1e-6)
+
+
+def test_laplace_draws_of_a_linear_bnn_are_its_exact_posterior():
+    """hidden=[] with a fixed noise: the last layer is all of it and the posterior is Gaussian."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 2))
+    y = (0.5 + x @ np.array([1.0, -2.0]) + 0.8 * rng.normal(size=40))[:, None]
+    spec = {"model": "bnn", "hidden": [], "noise": 0.4, "inference": {"method": "map", "steps": 200}}
+    post = fit_bnn(spec, as_data(x, y), key=jax.random.key(0))
+    dt = post.to_datatree()
+    ys = (y[:, 0] - y.mean()) / y.std()  # standardised targets, as the posterior's sites are
+    phi = np.hstack([x, np.ones((40, 1))])
+    cov = np.linalg.inv(phi.T @ phi / 0.4**2 + np.eye(3))  # Normal(0, 1) priors on w and b
+    mean = cov @ phi.T @ ys / 0.4**2
+    draws = np.concatenate([dt["posterior"]["world.layer0.w"].values[0, :, :, 0],
+                            dt["posterior"]["world.layer0.b"].values[0]], axis=1)  # [S, 3]
+    sd = np.sqrt(np.diag(cov))
+    np.testing.assert_array_less(np.abs(draws.mean(0) - mean), 4 * sd / np.sqrt(len(draws)))
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.3)
+    assert dt.attrs["laplace_floored_eigenvalues"] == 0
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ({"model": "gp", "kernel": {"kind": "rbf"}, "sparse": {"inducing": 8}, "inference": _NUTS},
+     "a sparse GP fits its hyperparameters by MAP"),
+    ({"model": "gp", "kernel": {"search": ["rbf"]}, "inference": _NUTS},
+     "a kernel structure search fits each structure by MAP"),
+])
+def test_nuts_sparse_and_nuts_structure_search_are_refused(spec, words):
+    """No DataTree to check: the library refuses these fits (NUTS needs an exact GP with one kernel)."""
+    x, y = _data()
+    with pytest.raises(ValueError, match=words):
+        fit_gp(spec, as_data(x, y), key=jax.random.key(0), feature_names=["a"])
