@@ -96,8 +96,7 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_groups_share_sample_dims_and_log_likelihood_has_the_observed_dims(kind):
+def _groups_share_sample_dims_and_log_likelihood_has_the_observed_dims(kind):
     _, dt, _ = _fits(kind)
     observed = dt["observed_data"]["terminal.y"]
     assert observed.dims == ("obs", "output") and observed.shape == (N, 1)
@@ -110,16 +109,14 @@ def test_groups_share_sample_dims_and_log_likelihood_has_the_observed_dims(kind)
     assert np.all(np.isfinite(dt["log_likelihood"]["terminal.y"].values))
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_loo_has_a_finite_elpd(kind):
+def _loo_has_a_finite_elpd(kind):
     _, dt, _ = _fits(kind)
     loo = _quiet(az.loo, dt, pointwise=True)
     assert np.isfinite(loo.elpd) and np.isfinite(loo.se) and loo.n_data_points == N
     assert loo.pareto_k.shape == (N, 1)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_loo_pit_is_finite_with_the_observed_shape(kind):
+def _loo_pit_is_finite_with_the_observed_shape(kind):
     _, dt, _ = _fits(kind)
     pit = np.asarray(_quiet(az.loo_pit, dt)["terminal.y"])
     assert pit.shape == dt["observed_data"]["terminal.y"].shape
@@ -127,8 +124,7 @@ def test_loo_pit_is_finite_with_the_observed_shape(kind):
     assert np.ptp(pit) > 0.1  # not one value for every point
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_compare_ranks_two_fits_of_the_kind(kind):
+def _compare_ranks_two_fits_of_the_kind(kind):
     _, a, b = _fits(kind)
     table = _quiet(az.compare, {"a": a, "b": b})
     assert sorted(table.index) == ["a", "b"]
@@ -136,8 +132,7 @@ def test_compare_ranks_two_fits_of_the_kind(kind):
     np.testing.assert_allclose(table["weight"].sum(), 1.0)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_plot_ppc_dist_draws_the_replicates_and_the_data(kind):
+def _plot_ppc_dist_draws_the_replicates_and_the_data(kind):
     _, dt, _ = _fits(kind)
     try:
         pc = _quiet(azp.plot_ppc_dist, dt)
@@ -146,6 +141,17 @@ def test_plot_ppc_dist_draws_the_replicates_and_the_data(kind):
         assert "terminal.y" in pc.viz["observed_dist"].data_vars
     finally:
         plt.close("all")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_arviz_checks_run_on_the_fits_of(kind):
+    """One test per kind, so each kind is fitted once per test process: the groups' dims, then
+    az.loo, az.loo_pit, az.compare and plot_ppc_dist in turn."""
+    _groups_share_sample_dims_and_log_likelihood_has_the_observed_dims(kind)
+    _loo_has_a_finite_elpd(kind)
+    _loo_pit_is_finite_with_the_observed_shape(kind)
+    _compare_ranks_two_fits_of_the_kind(kind)
+    _plot_ppc_dist_draws_the_replicates_and_the_data(kind)
 
 
 def test_mode_fits_state_their_laplace_draws():
