@@ -98,7 +98,7 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
 
 #: Share of the kernel's memory-map limit (``vm.max_map_count``) a process may hold
 #: before :func:`release_compiled_programs` drops JAX's in-memory programs.
-MAP_SHARE = 0.5
+MAP_SHARE = 0.8
 
 
 def memory_maps() -> tuple[int, int] | None:

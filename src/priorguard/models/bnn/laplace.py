@@ -110,7 +110,7 @@ def last_layer_laplace(programs: Any, cfg: _NetConfig, samples: Mapping[str, Arr
         ``(samples {site: [1, M * K, ...]}, draw_params {layer{i}/w, layer{i}/b, noise: [M * K, ...]}
         in original units, attrs)``.
     """
-    from priorguard.models.bnn.fit import _net_params
+    from priorguard.models.bnn.programs import _net_params
 
     xs, ys = scaling.x(x), scaling.y(y)
     model = programs.model

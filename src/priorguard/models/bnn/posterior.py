@@ -264,7 +264,7 @@ class BNNPosterior:
         x, y = self.data.x, self.data.y
         samples, draw_params, extra = fit.samples, fit.draw_params, {}
         if self.method in ("map", "ensemble"):  # too few draws for PSIS: Laplace draws around the modes
-            from priorguard.models.bnn.fit import _programs
+            from priorguard.models.bnn.programs import _programs
             from priorguard.models.bnn.laplace import last_layer_laplace
 
             samples, draw_params, extra = last_layer_laplace(_programs(cfg), cfg, fit.samples, self._scaling, x, y,
