@@ -10,6 +10,18 @@ jax.config.update("jax_enable_x64", True)
 
 import pytest  # noqa: E402
 
+from priorguard._runtime import fix_hash_seed_for_children, use_compilation_cache  # noqa: E402
+
+# The same persistent compilation cache as the CLI's processes: test workers, the CLI runs the
+# tests start and later tests (after compiled programs are released) load a program compiled
+# once instead of compiling it again. Tests of cold starts name their own cache folders. A fixed
+# hash seed for the workers (started after this runs) makes numpyro's programs repeatable.
+fix_hash_seed_for_children()
+try:
+    use_compilation_cache()
+except OSError:  # a read-only home: tests compile everything themselves
+    pass
+
 #: Test files that run the CLI (or a sweep) end to end in subprocesses: marked ``e2e``, run by
 #: default and in CI; ``pytest -m "not e2e"`` leaves them out for a quick pass.
 E2E_FILES = {

@@ -76,24 +76,37 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    try:
+        use_compilation_cache(cache_dir)
+    except OSError as exc:  # a read-only home: run on, without the persistent cache
+        import warnings
+
+        warnings.warn(f"persistent compilation cache disabled: cannot create {cache_folder(cache_dir)} "
+                      f"({exc.strerror}); set PRIORGUARD_CACHE to a writable folder to reuse compiled "
+                      "programs across runs", RuntimeWarning, stacklevel=2)
+    _DONE = True
+
+
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """The persistent compilation cache folder of this process (see :func:`configure`)."""
     base = Path(cache_dir or os.environ.get("PRIORGUARD_CACHE", Path.home() / ".cache" / "priorguard" / "jax"))
     # XLA:CPU splits a program over the threads the compiling process may use, and the
     # persistent cache key does not say how many: a program compiled in a sweep worker
     # pinned to one core runs on one thread in any process that loads it (a flagship run
     # took 20 s instead of 13 s). So processes with different CPU counts keep apart.
-    cache = base / f"cpus-{cpu_count()}"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    except OSError as exc:  # a read-only home: run on, without the persistent cache
-        import warnings
+    return base / f"cpus-{cpu_count()}"
 
-        warnings.warn(f"persistent compilation cache disabled: cannot create {cache} ({exc.strerror}); "
-                      "set PRIORGUARD_CACHE to a writable folder to reuse compiled programs across runs",
-                      RuntimeWarning, stacklevel=2)
-    _DONE = True
+
+def use_compilation_cache(cache_dir: str | Path | None = None) -> Path:
+    """Points JAX's persistent compilation cache at :func:`cache_folder` (raises OSError if it cannot be made)."""
+    import jax
+
+    cache = cache_folder(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs add up
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return cache
 
 
 #: Share of the kernel's memory-map limit (``vm.max_map_count``) a process may hold

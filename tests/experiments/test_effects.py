@@ -12,7 +12,9 @@ import pytest
 from priorguard.experiments.catalog import load_spec
 from priorguard.experiments.runner import run_experiment
 
-REDUCED = {"data.train_episodes": 50, "data.deploy_episodes": 12, "audit.states": 16}
+#: The audit is no part of these effects: its smallest form.
+NO_AUDIT = {"audit.states": 16, "audit.adversarial_restarts": 0}
+REDUCED = {"data.train_episodes": 50, "data.deploy_episodes": 12, **NO_AUDIT}
 
 
 def _point(name: str, index: int, overrides: dict) -> object:
@@ -56,7 +58,7 @@ def _lavagap(seeds: list[int], overrides: dict) -> None:
 
 
 def test_minigrid_lavagap_a_cell_content_t_keeps_a_out_of_lava():
-    _lavagap([0], {})
+    _lavagap([0], NO_AUDIT)
 
 
 @pytest.mark.slow
@@ -80,7 +82,7 @@ def _assistant(seeds: list[int], overrides: dict) -> None:
 
 
 def test_assistant_the_prior_decides_whether_harm_is_done():
-    _assistant([0], {"data.train_episodes": 30, "data.deploy_episodes": 30})
+    _assistant([0], {"data.train_episodes": 30, "data.deploy_episodes": 30, **NO_AUDIT})
 
 
 @pytest.mark.slow
