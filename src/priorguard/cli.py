@@ -317,19 +317,19 @@ def _sweep_and_report(loaded, out_dir: Path, *, workers: int, backend: str, addr
         def on_event(kind, task, outcome):
             nonlocal failures
             label = f"seed={task.seed}" + "".join(f" {k}={v}" for k, v in task.overrides.items())
-            if kind == "skip":
-                bar.console.print(f"[dim]skip[/] {label} (already done: {task.run_id})", highlight=False)
-                bar.advance(overall)
-            elif kind == "start":
+            if kind == "start":
                 bar.update(overall, description=f"{loaded.name}: running {label}")
-            elif kind == "done":
-                bar.console.print(f"[green]done[/] {label} -> {store.run_dir(task.run_id)}", highlight=False)
-                bar.advance(overall)
-            else:
-                failures += 1
-                first = (outcome.error or "").splitlines()[0]
-                bar.console.print(f"[red]failed[/] {label}: {first}", highlight=False)
-                bar.advance(overall)
+                return
+            if kind == "damaged":  # outcome: the files that changed since the run was written
+                bar.console.print(f"[yellow]damaged[/] {label}: {', '.join(outcome)} changed since {task.run_id}"
+                                  " was written; making it again", highlight=False)
+                return
+            failures += kind == "failed"
+            bar.console.print(f"[red]failed[/] {label}: {((outcome.error or '').splitlines() or [''])[0]}"
+                              if kind == "failed" else f"[dim]skip[/] {label} (already done: {task.run_id})"
+                              if kind == "skip" else f"[green]done[/] {label} -> {store.run_dir(task.run_id)}",
+                              highlight=False)
+            bar.advance(overall)
 
         try:
             if progress and workers == 1 and backend == "local" and len(tasks) == 1:

@@ -150,6 +150,9 @@ class ResultStore:
         tmp.mkdir(parents=True)
         try:
             yield tmp
+            sums = {f.relative_to(tmp).as_posix(): _file_digest(f) for f in sorted(tmp.rglob("*"))
+                    if f.is_file() and f.relative_to(tmp).as_posix() != CHECKSUMS}  # a shipped copy is redone
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True), encoding="utf-8")
             for f in tmp.rglob("*"):
                 if f.is_file():
                     with open(f, "rb") as fh:
@@ -163,6 +166,22 @@ class ResultStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def damaged_files(self, run_id: str) -> list[str]:
+        """Files of a run folder that are missing or differ from what was written (by the
+        ``checksums.json`` written with the folder; a folder without it is not checked)."""
+        folder = self.run_dir(run_id)
+        path = folder / CHECKSUMS
+        if not path.is_file():
+            return []
+        try:
+            sums = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(sums, dict):
+                raise ValueError(CHECKSUMS)
+        except (ValueError, UnicodeDecodeError):
+            return [CHECKSUMS]
+        return sorted(name for name, digest in sums.items()
+                      if not (folder / name).is_file() or _file_digest(folder / name) != digest)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -230,15 +249,25 @@ class ResultStore:
             db.execute("UPDATE runs SET status='failed', error=?, finished=?, started=COALESCE(?, started)"
                        " WHERE run_id=?", (error, finished or time.time(), started, run_id))
 
-    def reconcile(self) -> None:
+    def reconcile(self) -> dict[str, list[str]]:
         """Brings the index in line with the folders after an interruption.
 
         Complete folders are marked done (metrics read from them); runs marked
         done or running without a folder go back to pending; stale temporary
-        folders are removed.
+        folders are removed; folders whose files changed since they were written
+        move to ``tmp/`` and their runs go back to pending, to be made again.
+
+        Returns:
+            The damaged runs: run id -> the files that changed or went missing.
         """
         for tmp in self.tmp_dir.iterdir():
             shutil.rmtree(tmp, ignore_errors=True)
+        damaged = {}
+        for folder in sorted(self.runs_dir.iterdir()):
+            bad = self.damaged_files(folder.name)
+            if bad:
+                damaged[folder.name] = bad
+                os.rename(folder, self.tmp_dir / f"{folder.name}.damaged.{uuid.uuid4().hex[:8]}")
         with self._db() as db:
             rows = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
         for folder in sorted(self.runs_dir.iterdir()):  # folders the index lost (index.sqlite removed)
@@ -255,6 +284,7 @@ class ResultStore:
             elif metrics is None and status in ("done", "running"):
                 with self._db() as db:
                     db.execute("UPDATE runs SET status='pending' WHERE run_id=?", (run_id,))
+        return damaged
 
     def _folder_metrics(self, run_id: str) -> dict[str, Any] | None:
         """A run folder's metrics, or None when it has none; a damaged folder (metrics.json that
@@ -295,6 +325,18 @@ class ResultStore:
 
 #: Keys of a run folder's metrics.json that describe the run rather than measure it.
 _FOLDER_ONLY_KEYS = ("overrides", "experiment", "env")
+
+
+#: Written into every run folder: the SHA-256 of each of its files, checked on resume and report.
+CHECKSUMS = "checksums.json"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

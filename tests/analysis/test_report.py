@@ -84,14 +84,14 @@ def test_report_cli_rejects_a_non_store(tmp_path):
 
 
 def test_point_labels_are_short_and_merge_linked_paths():
-    from priorguard.analysis.report import _label
+    from priorguard.analysis.report import point_label
 
-    assert _label({"terminal.features": ["agent_x"], "instrumental.features": ["agent_x"]}) == \
+    assert point_label({"terminal.features": ["agent_x"], "instrumental.features": ["agent_x"]}) == \
         "terminal+instrumental.features=['agent_x']"
-    assert _label({"terminal.features": ["agent_x"], "instrumental.features": ["coin_dx"]}) == \
+    assert point_label({"terminal.features": ["agent_x"], "instrumental.features": ["coin_dx"]}) == \
         "terminal.features=['agent_x'], instrumental.features=['coin_dx']"
-    assert _label({"terminal.kernel.kind": "rbf", "planner.depth": 3}) == "kernel.kind=rbf, planner.depth=3"
-    assert _label({}) == "base"
+    assert point_label({"terminal.kernel.kind": "rbf", "planner.depth": 3}) == "kernel.kind=rbf, planner.depth=3"
+    assert point_label({}) == "base"
 
 
 def store_of_gp_fits(tmp_path, x, y, spec):
@@ -131,6 +131,10 @@ def test_report_ranks_priors_by_the_exact_loo_of_map_gps(tmp_path):
     text = (tmp_path / "report" / "index.md").read_text()
     assert "Best by in-distribution LOSO: exp: terminal.features=['x0']" in text
     assert "LOSO does not separate them" not in text  # x0's score is far above x1's on every seed
+    # az.compare's verdict per seed, as `priorguard compare` gives it: x0 first by LOO and least regret
+    for seed in (0, 1):
+        assert (f"- exp seed {seed}: LOO ranks first terminal.features=['x0']" in text
+                and "-> the same prior" in text.split(f"- exp seed {seed}: ")[1].splitlines()[0]), text
 
 
 def test_report_ranks_by_leaving_out_states_where_leaving_out_observations_cannot(tmp_path):

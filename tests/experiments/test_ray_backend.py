@@ -199,10 +199,12 @@ def test_worker_that_cannot_see_the_store_sends_the_files_back(tmp_path, standin
     task = _task(store.root, 1)
     # no marker visible: the worker runs into a store of its own and ships the folder
     result = _run_remote(task, "standin:run", ".ray-not-here")
-    assert result["outcome"]["ok"] and sorted(result["files"]) == ["metrics.json", "series.json", "spec.toml"]
+    assert result["outcome"]["ok"] and sorted(result["files"]) == ["checksums.json", "metrics.json", "series.json",
+                                                                   "spec.toml"]
     assert not store.is_done(task.run_id)
     outcome = _receive(store, task, result)
     assert outcome.ok and store.is_done(task.run_id)
+    assert store.damaged_files(task.run_id) == []  # the checksums are the received files'
     assert (store.run_dir(task.run_id) / "spec.toml").read_text() == task.spec_toml
     assert list(store.tmp_dir.iterdir()) == []
     # a failed run ships nothing

@@ -100,6 +100,26 @@ def test_sweep_runs_each_once_reports_failures_and_resumes(tmp_path):
     assert sorted(s for e, s in events if e == "skip") == [0, 1, 2, 4, 5]
 
 
+def test_a_run_whose_files_changed_since_written_is_named_and_made_again(tmp_path):
+    store = ResultStore(tmp_path)
+    tasks = make_tasks(tmp_path, 3)
+    run_sweep(tasks, store, workers=1, run_fn=RUN_FN)
+    sums = json.loads((store.run_dir(tasks[0].run_id) / "checksums.json").read_text())
+    assert sorted(sums) == ["metrics.json", "series.json", "spec.toml"]
+    assert all(store.damaged_files(t.run_id) == [] for t in tasks)
+    series = store.run_dir(tasks[1].run_id) / "series.json"
+    series.write_text(series.read_text().replace("1999", "1998"))  # same size, one byte off
+    (store.run_dir(tasks[2].run_id) / "spec.toml").unlink()
+    assert store.damaged_files(tasks[1].run_id) == ["series.json"]
+    events = []
+    again = run_sweep(tasks, store, workers=1, run_fn=RUN_FN, on_event=lambda e, t, o: events.append((e, t.seed, o)))
+    assert ("damaged", 1, ["series.json"]) in events and ("damaged", 2, ["spec.toml"]) in events
+    assert [e[:2] for e in events if e[0] == "skip"] == [("skip", 0)]
+    assert sorted(again) == sorted([tasks[1].run_id, tasks[2].run_id]) and all(o.ok for o in again.values())
+    assert all(store.damaged_files(t.run_id) == [] for t in tasks)
+    assert {r.status for r in store.records()} == {"done"}
+
+
 def test_two_workers_give_the_same_metrics_as_one(tmp_path):
     one = ResultStore(tmp_path / "one")
     two = ResultStore(tmp_path / "two")

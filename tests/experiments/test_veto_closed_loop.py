@@ -111,12 +111,22 @@ REDUCED = {"data.train_episodes": 30, "data.deploy_episodes": 12, "data.max_poin
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", ["lava-shift", "vault"])
-def test_the_planners_own_false_vetoes_stay_under_the_bound(name, old=None):
+@pytest.mark.parametrize(("name", "seeds"), [("lava-shift", (0, 1)), ("vault", (0,))])
+def test_the_planners_own_false_vetoes_stay_under_the_bound(name, seeds):
     # the guarantee the veto makes, where the agent acts: on each seed, the train-split false-veto
     # rate of the planner's own decisions is at most alpha plus the binomial 95% margin
     # (with old={"planner.veto.calibrate_on": "distinct", "planner.veto.value_drop": 1.0}, the
     # calibration this replaced, lava-shift fails it on seed 0: 0.16 against a bound of 0.087)
+    _false_vetoes_within_the_bound(name, seeds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lava-shift", "vault"])
+def test_the_planners_own_false_vetoes_stay_under_the_bound_on_three_seeds(name):
+    _false_vetoes_within_the_bound(name, (0, 1, 2))
+
+
+def _false_vetoes_within_the_bound(name, seeds, old=None):
     from priorguard.experiments import load_spec
     from priorguard.experiments.runner import run_experiment
 
@@ -124,7 +134,7 @@ def test_the_planners_own_false_vetoes_stay_under_the_bound(name, old=None):
     spec = spec.model_copy(update={"sweep": {}}).with_overrides(
         {**next(spec.sweep_points()), **REDUCED, **(old or {}),
          **({"instrumental.rollouts": 4, "instrumental.inference.steps": 200} if spec.instrumental else {})})
-    for seed in (0, 1):
+    for seed in seeds:
         m = run_experiment(spec, seed).metrics
         assert m["train_false_veto_rate"] <= m["train_false_veto_bound"], (seed, m["train_false_veto_rate"],
                                                                           m["train_false_veto_bound"])

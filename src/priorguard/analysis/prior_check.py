@@ -207,10 +207,25 @@ def to_datatree(rp: RolePrior) -> Any:
         coords=coords,
     )
     # where each slice's points lie along their feature, in the feature's own units
-    lo, hi = (np.array([r[i] for r in rp.ranges], float) for i in (0, 1))
-    x = lo[:, None] + np.asarray(rp.grid)[None] * (hi - lo)[:, None]
+    x = np.stack([_feature_units(rp, f) for f in range(len(rp.feature_names))])
     dt["prior_predictive"] = dt["prior_predictive"].to_dataset().assign_coords(x=(("feature", "grid"), x))
     return dt
+
+
+def _feature_units(rp: RolePrior, f: int) -> np.ndarray:
+    """The grid of feature ``f``'s slice in the feature's own units (the grid is in model units)."""
+    lo, hi = rp.ranges[f]
+    return lo + np.asarray(rp.grid) * (hi - lo)
+
+
+def _draw_slice(ax: Any, rp: RolePrior, f: int, max_lines: int) -> None:
+    """Function draws (output 0) along feature ``f`` and the 90% prior-predictive band."""
+    xs = _feature_units(rp, f)
+    for s in range(min(max_lines, rp.latent.shape[0])):
+        ax.plot(xs, rp.latent[s, f, :, 0], lw=0.8, alpha=0.5)
+    q = np.quantile(rp.observed[:, f, :, 0], [0.05, 0.95], axis=0)
+    ax.fill_between(xs, q[0], q[1], color="grey", alpha=0.15, lw=0)
+    ax.set_xlabel(rp.feature_names[f])
 
 
 def plot_role(rp: RolePrior, path: Path, *, max_lines: int = 30) -> None:
@@ -224,15 +239,9 @@ def plot_role(rp: RolePrior, path: Path, *, max_lines: int = 30) -> None:
     cols = min(nf, 4)
     rows = -(-nf // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for f, name in enumerate(rp.feature_names):
+    for f in range(nf):
         ax = axes[f // cols][f % cols]
-        lo, hi = rp.ranges[f]
-        xs = lo + rp.grid * (hi - lo)
-        for s in range(min(max_lines, rp.latent.shape[0])):
-            ax.plot(xs, rp.latent[s, f, :, 0], lw=0.8, alpha=0.5)
-        q = np.quantile(rp.observed[:, f, :, 0], [0.05, 0.95], axis=0)
-        ax.fill_between(xs, q[0], q[1], color="grey", alpha=0.15, lw=0)
-        ax.set_xlabel(name)
+        _draw_slice(ax, rp, f, max_lines)
         ax.set_title(f"{rp.role}: {rp.output_names[0]}"[:40], fontsize=8)
     for g in range(nf, rows * cols):
         axes[g // cols][g % cols].axis("off")
@@ -311,13 +320,7 @@ def plot_points(role: str, draws: Sequence[tuple[str, RolePrior]], path: Path, *
             if f >= len(rp.feature_names):
                 ax.axis("off")
                 continue
-            lo, hi = rp.ranges[f]
-            xs = lo + rp.grid * (hi - lo)
-            for s in range(min(max_lines, rp.latent.shape[0])):
-                ax.plot(xs, rp.latent[s, f, :, 0], lw=0.8, alpha=0.5)
-            q = np.quantile(rp.observed[:, f, :, 0], [0.05, 0.95], axis=0)
-            ax.fill_between(xs, q[0], q[1], color="grey", alpha=0.15, lw=0)
-            ax.set_xlabel(rp.feature_names[f])
+            _draw_slice(ax, rp, f, max_lines)
             if f == 0:
                 ax.set_title(label[:110], fontsize=7, loc="left")
     fig.suptitle(f"{role}: prior function draws at each sweep point (band: 90% prior predictive)", fontsize=9)
@@ -340,7 +343,7 @@ def write_prior_check_points(points: Sequence[tuple[dict[str, Any], Mapping[str,
     Returns:
         The paths written (none when no role differs between points).
     """
-    from priorguard.analysis.report import _label
+    from priorguard.analysis.report import point_label
 
     changed = [role for role in points[0][1] if len({repr(p[1].get(role)) for p in points}) > 1]
     if not changed:
@@ -350,7 +353,7 @@ def write_prior_check_points(points: Sequence[tuple[dict[str, Any], Mapping[str,
         if on_step:
             on_step(f"draw sweep point {i}")
         sub = {r: roles[r] for r in changed if r in roles}
-        per_point.append((f"point {i}: {_label(overrides)}",
+        per_point.append((f"point {i}: {point_label(overrides)}",
                           prior_draws(sub, info, world_columns=columns, key=jax.random.key(seed),
                                       num_draws=num_draws)))
     written = []

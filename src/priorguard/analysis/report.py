@@ -19,6 +19,7 @@ import dataclasses
 import html
 import json
 import math
+import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def mean_interval(values: list[float], level: float = LEVEL,
     return m, lo, hi
 
 
-def _label(overrides: dict[str, Any]) -> str:
+def point_label(overrides: dict[str, Any]) -> str:
     """Short label of a sweep point: the last two parts of each path; paths that end
     alike and share a value are merged (``terminal+instrumental.features=['dx']``)."""
     merged: dict[tuple[str, str], list[str]] = {}
@@ -133,7 +134,7 @@ def summarise(store: ResultStore) -> list[PointSummary]:
     groups: dict[tuple[str, str], PointSummary] = {}
     for rec in store.records(status="done"):
         key = (rec.experiment, json.dumps(rec.overrides, sort_keys=True))
-        point = groups.setdefault(key, PointSummary(rec.experiment, _label(rec.overrides), [],
+        point = groups.setdefault(key, PointSummary(rec.experiment, point_label(rec.overrides), [],
                                                     defaultdict(list), []))
         point.seeds.append(rec.seed)
         for k, v in (rec.metrics or {}).items():
@@ -267,15 +268,25 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     diag_head = ["experiment", "sweep point", *DIAG_KEYS]
     diag_rows = [[p.experiment, p.label, *(_fmt(*p.stat(k)) for k in DIAG_KEYS)] for p in points]
 
-    found = findings(done, _label, __version__)
+    found = findings(done, point_label, __version__)
+    damaged = {r.run_id: store.damaged_files(r.run_id) for r in done}
+    found += [f"Run {run_id}'s files changed since it was written ({', '.join(files)}): its figures here are the "
+              "index's, from when it finished; the next `priorguard sweep` into this store makes it again."
+              for run_id, files in damaged.items() if files]
+    run_links = _run_plot_links(store, out)
+    per_seed = _compare_verdicts(store)
     md = [f"# priorguard report: {store_dir}", "", "## Finding", "", *(f"- {f}" for f in found), "",
           f"{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
           "Intervals: [min, max] over seeds below 5 seeds, else 90% Student-t intervals.", "", "## Metrics", "",
           _md_table(head, rows), "", "## Does in-distribution cross-validation rank priors the way deployment does?",
           "", CV_NOTE, "", _rank_sentence(points, loo_rank, deploy_rank, cv, cv_name), "",
+          *([COMPARE_NOTE, "", *(f"- {v}" for v in per_seed), ""] if per_seed else []),
           "## The three arms, per run", "", ARMS_NOTE, "", _md_table(arms_head, arms_rows), "",
           "## The veto's promise, per run", "", VETO_NOTE, "", _md_table(veto_head, veto_rows), "",
           "## Diagnostics", "", _md_table(diag_head, diag_rows), ""]
+    if run_links:
+        md += ["## Each run's plots", "", *(f"- {title}: " + ", ".join(f"[{n}]({h})" for n, h in links)
+                                            for title, links in run_links), ""]
     for name, title in plots.items():
         md += [f"## {title}", "", f"![{title}]({name})", ""]
     (out / "index.md").write_text("\n".join(md), encoding="utf-8")
@@ -288,11 +299,18 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
             "<h2>Does in-distribution cross-validation rank priors the way deployment does?</h2>",
             f"<p>{html.escape(CV_NOTE)}</p>",
             f"<p>{html.escape(_rank_sentence(points, loo_rank, deploy_rank, cv, cv_name))}</p>",
+            *([f"<p>{html.escape(COMPARE_NOTE)}</p>",
+               "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in per_seed) + "</ul>"] if per_seed else []),
             "<h2>The three arms, per run</h2>", f"<p>{html.escape(ARMS_NOTE)}</p>",
             _html_table(arms_head, arms_rows),
             "<h2>The veto's promise, per run</h2>", f"<p>{html.escape(VETO_NOTE)}</p>",
             _html_table(veto_head, veto_rows),
             "<h2>Diagnostics</h2>", _html_table(diag_head, diag_rows)]
+    if run_links:
+        body += ["<h2>Each run's plots</h2>", "<ul>" + "".join(
+            f"<li>{html.escape(title)}: " + ", ".join(f'<a href="{html.escape(h)}">{html.escape(n)}</a>'
+                                                      for n, h in links) + "</li>"
+            for title, links in run_links) + "</ul>"]
     for name, title in plots.items():
         data = base64.b64encode((out / name).read_bytes()).decode()
         body += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
@@ -322,14 +340,14 @@ def _arms_per_seed(store: ResultStore) -> tuple[list[str], list[list[str]]]:
     head = ["experiment", "sweep point", "seed", "A alone", "A checked", "planner", "planner (no veto)",
             "best / A alone"]
     rows = []
-    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, _label(r.overrides), r.seed)):
+    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, point_label(r.overrides), r.seed)):
         m = rec.metrics or {}
         alone = m.get("proposal_alone_regret")
         arms = [m.get(k) for k in ("checked_regret", "regret", "no_veto_regret")]
         found = [a for a in arms if a is not None and math.isfinite(a)]
         ratio = (min(found) / alone if found and alone is not None and math.isfinite(alone) and alone > 0
                  else None)
-        rows.append([rec.experiment, _label(rec.overrides), str(rec.seed), _fmt_one(alone),
+        rows.append([rec.experiment, point_label(rec.overrides), str(rec.seed), _fmt_one(alone),
                      *(_fmt_one(a) for a in arms), _fmt_one(ratio)])
     return head, rows
 
@@ -339,16 +357,46 @@ def _veto_promise(store: ResultStore) -> tuple[list[str], list[list[str]]]:
     head = ["experiment", "sweep point", "seed", "false vetoes (train)", "bound", "held", "veto rate (deploy)",
             "veto loops", "T OOD AUROC"]
     rows = []
-    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, _label(r.overrides), r.seed)):
+    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, point_label(r.overrides), r.seed)):
         m = rec.metrics or {}
         rate, bound = m.get("train_false_veto_rate"), m.get("train_false_veto_bound")
         if rate is None or bound is None:
             continue
         held = "yes" if rate <= bound else "**no**"
-        rows.append([rec.experiment, _label(rec.overrides), str(rec.seed), f"{rate:.3f}", f"{bound:.3f}", held,
+        rows.append([rec.experiment, point_label(rec.overrides), str(rec.seed), f"{rate:.3f}", f"{bound:.3f}", held,
                      _fmt_one(m.get("veto_rate")), _fmt_one(m.get("veto_loops")),
                      _fmt_one(m.get("terminal_ood_auroc"))])
     return head, rows
+
+
+COMPARE_NOTE = ("Per seed, az.compare (PSIS-LOO over each run's terminal.nc draws; `priorguard compare STORE` "
+                "prints the whole table): did the prior LOO ranked first also have the least deploy regret?")
+
+
+def _compare_verdicts(store: ResultStore) -> list[str]:
+    """``priorguard compare``'s per-seed verdicts on T, with the report's point labels."""
+    from priorguard.analysis.compare import compare_store, verdicts
+
+    try:
+        rows = compare_store(store.root)
+    except (OSError, ValueError) as exc:  # a run file ArviZ cannot read: the section says so
+        return [f"az.compare could not run on this store: {exc}"]
+    label = {r.run_id: point_label(r.overrides) for r in store.records(status="done")}
+    return verdicts([r for r in rows if r.loo_rank is not None], {r.point: label[r.run_id] for r in rows
+                                                                   if r.run_id in label})
+
+
+def _run_plot_links(store: ResultStore, out: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per finished run with plots in its folder: a title and (plot name, path relative to ``out``)."""
+    found = []
+    for rec in sorted(store.records(status="done"), key=lambda r: (r.experiment, point_label(r.overrides), r.seed)):
+        folder = store.run_dir(rec.run_id)
+        pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+        if pngs:
+            title = f"{rec.experiment}, {point_label(rec.overrides)}, seed {rec.seed} ({rec.run_id})"
+            found.append((title, [(p.stem, Path(os.path.relpath(p.resolve(), out.resolve())).as_posix())
+                                  for p in pngs]))
+    return found
 
 
 def _fmt_one(value: Any) -> str:

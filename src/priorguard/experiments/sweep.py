@@ -127,7 +127,7 @@ def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
         release_compiled_programs()
 
 
-Event = Literal["skip", "start", "done", "failed"]
+Event = Literal["skip", "damaged", "start", "done", "failed"]
 
 
 def run_sweep(
@@ -138,7 +138,7 @@ def run_sweep(
     backend: Literal["local", "ray"] = "local",
     address: str | None = None,
     run_fn: str = DEFAULT_RUN_FN,
-    on_event: Callable[[Event, RunTask, TaskOutcome | None], None] | None = None,
+    on_event: Callable[[Event, RunTask, Any], None] | None = None,
 ) -> dict[str, TaskOutcome]:
     """Runs the tasks not already done; returns the outcome of each task run now.
 
@@ -151,7 +151,8 @@ def run_sweep(
             local Ray on loopback with ``workers`` CPUs, shut down when the sweep ends). Not used
             when Ray is already initialized in this process.
         run_fn: ``"module:function"`` that runs one task and returns its metrics.
-        on_event: called as runs are skipped, start, finish or fail.
+        on_event: called as runs are skipped, start, finish or fail (with their TaskOutcome), and
+            before a damaged run is made again (with the files that changed since it was written).
 
     Returns:
         run id -> outcome, for the tasks run now.
@@ -165,9 +166,11 @@ def run_sweep(
 
 
 def _run_sweep(tasks, store, workers, backend, address, run_fn, emit) -> dict[str, TaskOutcome]:
-    store.reconcile()
+    damaged = store.reconcile()
     todo = []
     for task in tasks:
+        if task.run_id in damaged:
+            emit("damaged", task, damaged[task.run_id])
         store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed,
                        overrides=task.overrides)
         if store.is_done(task.run_id):
@@ -472,7 +475,9 @@ def run_here(loaded: Any, task: RunTask, store: Any, on_event: Any, progress: An
     """One run in this process (its steps reported through ``progress``), recorded in the store."""
     from priorguard.experiments import runner
 
-    store.reconcile()
+    damaged = store.reconcile()
+    if task.run_id in damaged:
+        on_event("damaged", task, damaged[task.run_id])
     store.register(task.run_id, experiment=task.experiment, env=task.env, seed=task.seed, overrides=task.overrides)
     if store.is_done(task.run_id):
         on_event("skip", task, None)

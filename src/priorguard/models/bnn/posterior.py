@@ -32,6 +32,23 @@ from priorguard.priors.models import BNNModel
 
 __all__ = ["BNNPosterior", "DepthFit"]
 
+#: Draws in a DataTree's ``prior`` group.
+PRIOR_DRAWS = 100
+
+
+def _prior_draws(cfg: Any, samples: dict[str, Any], scaling: _Scaling, x: Array, key: PRNGKeyArray,
+                 n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``[1, n, ...]`` draws from the prior of the sites in ``samples`` that the model samples,
+    and the data each draw gives at the training inputs ``x``, ``[1, n, N, O]`` in the targets' units."""
+    from numpyro.infer import Predictive
+
+    from priorguard.models.bnn.network import _build_model
+    from priorguard.priors.sites import observation_site
+
+    drawn = Predictive(_build_model(cfg), num_samples=n)(key, scaling.x(x))
+    y = np.asarray(drawn[observation_site(cfg.prefix)]) * np.asarray(scaling.y_std) + np.asarray(scaling.y_mean)
+    return {k: np.asarray(v)[None] for k, v in drawn.items() if k in samples}, y[None]
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class DepthFit:
@@ -246,7 +263,9 @@ class BNNPosterior:
         ``diverging``, ``tree_depth``, ``n_steps``, ``energy``, ``lp``,
         ``acceptance_rate``, ``step_size``), ``log_likelihood`` (pointwise over
         rows and outputs, the observed data's dims, original units; ``az.loo`` and ``az.loo_pit`` run on it),
-        ``posterior_predictive``, ``observed_data``, ``constant_data`` and, under
+        ``posterior_predictive``, ``observed_data``, ``constant_data``, ``prior``
+        (draws of the sampled sites from their priors, as ``posterior``),
+        ``prior_predictive`` (the data each prior draw gives at the training inputs) and, under
         a speed prior, ``depth_posterior`` (``prior``, ``log_evidence``,
         ``posterior`` over ``depth``). Variable names are site names with ``/``
         written ``.`` (DataTree forbids ``/``): ``world.layer0.w``.
@@ -298,6 +317,14 @@ class BNNPosterior:
                   **{g: observations[g] for g in ("posterior_predictive", "observed_data", "constant_data")}}
         if fit.sample_stats is not None:
             groups["sample_stats"] = sample_stats_dataset(nuts_sample_stats(fit.sample_stats))
+        prior, prior_y = _prior_draws(cfg, samples, self._scaling, x, jax.random.fold_in(key, 2), PRIOR_DRAWS)
+        groups["prior"] = posterior_dataset(prior, {k: dims[k] for k in prior},
+                                            {k: v for k, v in coords.items() if k not in SAMPLE_DIMS})
+        ppc = observations["posterior_predictive"]
+        groups["prior_predictive"] = xr.Dataset(
+            {name: (var.dims, prior_y) for name, var in ppc.data_vars.items()},
+            coords={**{k: v for k, v in ppc.coords.items() if k not in SAMPLE_DIMS}, "chain": [0],
+                    "draw": np.arange(PRIOR_DRAWS)})
         for name, ds in groups.items():  # the attributes ArviZ writes on the groups it builds
             ds.attrs = arviz_attrs([] if "data" in name else SAMPLE_DIMS)
         groups["log_likelihood"] = observations["log_likelihood"]

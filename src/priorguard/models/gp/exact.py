@@ -52,8 +52,7 @@ from priorguard.models.gp.data import (
 )
 from priorguard.models.gp.draws import ExactDrawFn, basis_params, exact_draw_params
 from priorguard.models.gp.kernels import GPProgram, compile_program
-from priorguard.models.gp.laplace import laplace_loo_draws
-from priorguard.models.gp.loo import exact_loo, leave_one_state_out, loo_from_theta
+from priorguard.models.gp.loo import exact_loo
 from priorguard.models.gp.objective import MapResult, fit_map, gp_model, map_objective, theta_from_sites
 from priorguard.models.gp.state import (
     ExactGPState,
@@ -63,7 +62,6 @@ from priorguard.models.gp.state import (
     mixture_log_density,
     mixture_moments,
 )
-from priorguard.models import datatree
 from priorguard.models.inference import NutsProgram, warn_on_diagnostics
 from priorguard.priors import sites
 from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference
@@ -72,7 +70,7 @@ from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference
 #: use of the key is unchanged).
 PREDICTIVE_STREAM = 0x9C0D
 
-__all__ = ["GPPosterior", "condition_gp", "exact_datatree", "fit_exact_gp", "posterior_from_map"]
+__all__ = ["GPPosterior", "condition_gp", "fit_exact_gp", "posterior_from_map"]
 
 
 class GPPosterior(eqx.Module):
@@ -161,7 +159,9 @@ class GPPosterior(eqx.Module):
         return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program.anonymous(), num_features, st.columns))
 
     def to_datatree(self) -> Any:
-        """ArviZ ``xarray.DataTree``; see :func:`exact_datatree`."""
+        """ArviZ ``xarray.DataTree``; see :func:`priorguard.models.gp.groups.exact_datatree`."""
+        from priorguard.models.gp.groups import exact_datatree
+
         return exact_datatree(self)
 
     # -- extras ---------------------------------------------------------------------
@@ -397,103 +397,4 @@ def _warn_nuts(record: FitRecord, prep: Prepared) -> dict[str, float]:
         for name, v in record.samples.items()
     })
     return warn_on_diagnostics(post, record.sample_stats["diverging"], stacklevel=5)
-
-
-# --------------------------------------------------------------------------------------
-# ArviZ
-# --------------------------------------------------------------------------------------
-
-
-def posterior_dataset(program: GPProgram, samples: Mapping[str, np.ndarray], output_names: Sequence[str]) -> Any:
-    """``posterior`` group of a GP: every free site, dims ``(chain, draw, output[, <site>.feature])``."""
-    by_site = {h.site: h for h in program.hypers}
-    dims, coords = {}, {"output": list(output_names)}
-    for name, v in samples.items():
-        h, var = by_site.get(name), sites.variable(name)
-        named = h is not None and bool(h.dim_names)
-        dims[name] = ["output", *(f"{var}.feature" if named and i == 0 else f"{var}_dim_{i}" for i in range(v.ndim - 3))]
-        if named and v.ndim > 3:
-            coords[f"{var}.feature"] = list(h.dim_names)
-    return datatree.posterior_dataset(samples, dims, coords)
-
-
-def observation_groups(prep: Prepared, prefix: str, loglik: np.ndarray, y_rep: np.ndarray) -> dict[str, Any]:
-    """``observed_data``, ``constant_data``, ``log_likelihood`` (``[C, S, N]``) and ``posterior_predictive``."""
-    return datatree.observation_groups(prefix, prep.raw_x, prep.raw_y, loglik, y_rep,
-                                       output_coord=list(prep.output_names))
-
-
-def exact_datatree(post: GPPosterior, *, ppc_draws: int = 100) -> Any:
-    """ArviZ DataTree of an exact GP.
-
-    Groups: ``posterior`` (free sites; MAP as ``chain=1, draw=1``; NUTS every
-    draw), ``sample_stats`` (NUTS: ``diverging``, ``tree_depth``, ``n_steps``,
-    ``lp``, ``acceptance_rate``; MAP: ``lp``), ``observed_data``,
-    ``constant_data``, ``log_likelihood`` and ``posterior_predictive``.
-
-    ``log_likelihood``: the exact LOO density ``log p(y_i | y_-i, theta_s)`` per
-    hyperparameter draw and output (observed_data's dims; raw units). A GP's
-    observations are not independent given theta, but this factor makes
-    ``az.loo``'s weights ``1 / p(y_i | y_-i, theta)`` exact: its ``elpd`` is the LOO
-    predictive density with theta integrated. A MAP fit's ``posterior`` holds
-    ``ppc_draws`` Laplace draws at the MAP point (:mod:`priorguard.models.gp.laplace`),
-    so ``az.loo`` / ``az.compare`` / ``az.loo_pit`` run on it; the exact LOO at the
-    MAP point is ``elpd_loo_exact``. ``elpd_loso`` / ``loso_states``: leave one state
-    out (absent with white-noise kernels; NUTS adds ``loso_pareto_k_max``).
-    ``posterior_predictive``: replicated datasets at the training inputs (function
-    draw plus noise): ``ppc_draws`` of them, or under NUTS one per posterior draw
-    (``chain x draw``, as ``az.loo_pit`` needs), each a draw of the predictive mixture.
-    Variable names are site names with ``/`` written ``.``.
-    """
-    import xarray as xr
-
-    prep, record, st = post.prep, post.record, post.state
-    prefix = st.program.site_prefix
-    groups: dict[str, Any] = {"posterior": posterior_dataset(st.program, record.samples, prep.output_names)}
-    if record.sample_stats is not None:
-        groups["sample_stats"] = datatree.sample_stats_dataset(record.sample_stats)
-    elif record.method != "fixed":
-        groups["sample_stats"] = datatree.sample_stats_dataset({"lp": record.log_joint})
-    if record.method == "nuts":
-        first = next(iter(record.samples.values()))
-        c, s = first.shape[:2]
-        flat = {k: v.reshape(c * s, *v.shape[2:]) for k, v in record.samples.items()}
-        theta = theta_from_sites(st.program, flat, (c * s, prep.num_outputs))
-        loo = np.asarray(loo_from_theta(st.program, per_output=True)(theta, st.x, st.y, st.y_scale)
-                         ).reshape(c, s, *st.y.shape)
-    else:
-        loo = np.asarray(exact_loo(st, per_output=True))[None]  # [1, 1, N, O]
-    k_draws, k_noise = jax.random.split(jax.random.key(0) if record.key is None else record.key)
-    laplace: dict[str, Any] = {}
-    if record.method in ("map", "ml2") and np.size(record.optimizer.get("u_flat", ())) > 0:
-        # draws from the Laplace approximation, so that az.loo / az.compare see a posterior sample
-        samples, lp, laplace, at_draws = laplace_loo_draws(st, prep, record, ppc_draws,
-                                                           jax.random.fold_in(k_draws, 1))
-        map_loo, loo = loo, at_draws[None]
-        groups["posterior"] = posterior_dataset(st.program, {k: v[None] for k, v in samples.items()},
-                                                prep.output_names)
-        groups["sample_stats"] = datatree.sample_stats_dataset({"lp": lp[None]})
-    # NUTS: one replicate per posterior draw, so posterior_predictive shares the chain and draw of
-    # log_likelihood (az.loo_pit pairs them); the replicates are draws of the predictive mixture
-    rep_shape = loo.shape[:2] if record.method == "nuts" else (1, ppc_draws)
-    draws = post.sample_functions(k_draws, int(np.prod(rep_shape)))
-    f = np.asarray(draws(jnp.asarray(prep.raw_x)))  # [R, N, O]
-    noise_sd = np.sqrt(np.asarray(mixture_moments(st.weights, *exact_components(st, jnp.asarray(prep.raw_x))
-                                                  ).aleatoric_var))
-    eps = np.asarray(jax.random.normal(k_noise, f.shape, jnp.float64))
-    groups.update(observation_groups(prep, prefix, loo, (f + eps * noise_sd).reshape(*rep_shape, *f.shape[1:])))
-    dt = xr.DataTree.from_dict(groups)
-    dt.attrs.update({"model": "gp", "inference": record.method, "site_prefix": prefix,
-                     "kernel": st.program.describe(), "jitter": post.jitter,
-                     "noise_floor": st.program.noise_floor})
-    if record.method != "nuts":
-        dt.attrs["elpd_loo_exact"] = float(np.sum(map_loo if laplace else loo))  # at the MAP point
-    dt.attrs.update(laplace)
-    loso = leave_one_state_out(st, theta if record.method == "nuts" else None)
-    if loso is not None:
-        dt.attrs["elpd_loso"] = loso["elpd"]
-        dt.attrs["loso_states"] = loso["states"]
-        if "pareto_k_max" in loso:
-            dt.attrs["loso_pareto_k_max"] = loso["pareto_k_max"]
-    return dt
 

@@ -79,17 +79,18 @@ def laplace_samples(program: GPProgram, prep: Prepared, u_flat: np.ndarray, *, u
 
 
 def laplace_loo_draws(state: Any, prep: Prepared, record: Any, num_draws: int, key: PRNGKeyArray
-                      ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], np.ndarray]:
-    """A MAP fit's Laplace draws and the exact LOO density at each, per output.
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """A MAP fit's Laplace draws and the exact LOO moments at each, per output.
 
     Returns:
-        ``(samples {site: [S, O, ...]}, log_joint [S], attrs, loo [S, N, O])``.
+        ``(samples {site: [S, O, ...]}, log_joint [S], attrs, (resid, var) [S, O, N])``, the
+        moments in model units (:func:`~priorguard.models.gp.loo.loo_density` gives the densities).
     """
     from priorguard.models.gp.loo import loo_from_theta
 
     samples, lp, info = laplace_samples(state.program, prep, record.optimizer["u_flat"],
                                         use_prior=record.method == "map", num_draws=num_draws, key=key)
     theta = theta_from_sites(state.program, samples, (num_draws, prep.num_outputs))
-    loo = np.asarray(loo_from_theta(state.program, per_output=True)(theta, state.x, state.y, state.y_scale))
+    resid, var = loo_from_theta(state.program, moments=True)(theta, state.x, state.y, state.y_scale)
     info["posterior_draws"] = "Laplace approximation at the MAP point (unconstrained space)"
-    return samples, lp, info, loo
+    return samples, lp, info, (np.asarray(resid), np.asarray(var))

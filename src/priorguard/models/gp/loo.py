@@ -21,7 +21,7 @@ from priorguard.models.gp.linalg import cholesky_with_jitter, map_unbatched
 from priorguard.models.gp.objective import grouped_system
 from priorguard.models.gp.state import ExactGPState, flat_draws
 
-__all__ = ["exact_loo", "leave_one_state_out", "loo_from_theta"]
+__all__ = ["exact_loo", "leave_one_state_out", "loo_density", "loo_from_theta", "loo_replicates"]
 
 
 def _exact_loo_one(chol: Array, alpha: Array) -> tuple[Array, Array]:
@@ -49,9 +49,24 @@ def exact_loo(state: ExactGPState, per_output: bool = False) -> Array:
     return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), state.y_scale, per_output)
 
 
-def loo_from_theta(program: GPProgram, *, per_output: bool = False) -> Any:
+def loo_density(resid: Any, var: Any, y_scale: Any) -> np.ndarray:
+    """``[K, O, N]`` LOO residuals and variances (model units, as ``loo_from_theta(moments=True)``
+    gives them) -> ``[K, N, O]`` raw-unit log densities."""
+    return np.asarray(_loo_log_density(jnp.asarray(resid), jnp.asarray(var), jnp.asarray(y_scale), True))
+
+
+def loo_replicates(resid: Any, var: Any, raw_y: Any, y_scale: Any, key: Any) -> np.ndarray:
+    """``[K, N, O]`` draws of each observation from its leave-one-out predictive (raw units):
+    ``y_i - resid_i + sd_i * eps``, one per LOO moment (``[K, O, N]``, model units)."""
+    resid, var, ys = np.asarray(resid), np.asarray(var), np.asarray(y_scale)[None, :, None]
+    eps = np.asarray(jax.random.normal(key, resid.shape, jnp.float64))
+    return np.swapaxes(np.asarray(raw_y).T[None] + ys * (np.sqrt(var) * eps - resid), 1, 2)
+
+
+def loo_from_theta(program: GPProgram, *, per_output: bool = False, moments: bool = False) -> Any:
     """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept;
-    ``per_output``: ``[K, N, O]``)."""
+    ``per_output``: ``[K, N, O]``; ``moments``: the residuals ``y_i - mu_-i`` and variances
+    ``[K, O, N]`` in model units instead, see :func:`loo_density`)."""
     program = program.anonymous()  # feature names do not change the computation
 
     def build() -> Any:
@@ -66,11 +81,13 @@ def loo_from_theta(program: GPProgram, *, per_output: bool = False) -> Any:
             flat, s, o = flat_draws(program, theta)
             resid, var = map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
             n = x.shape[0]
+            if moments:
+                return resid.reshape(s, o, n), var.reshape(s, o, n)
             return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale, per_output)
 
         return jax.jit(run)
 
-    return cached_program(("gp/loo_samples", program, per_output), build)
+    return cached_program(("gp/loo_samples", program, per_output, moments), build)
 
 
 

@@ -43,7 +43,8 @@ from priorguard._compile import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.evidence import bic, laplace_log_evidence
 from priorguard.models.gp.data import Prepared, prepare_data
-from priorguard.models.gp.exact import PREDICTIVE_STREAM, GPPosterior, exact_datatree, posterior_from_map
+from priorguard.models.gp.exact import PREDICTIVE_STREAM, GPPosterior, posterior_from_map
+from priorguard.models.gp.groups import exact_datatree
 from priorguard.models.gp.kernels import compile_program
 from priorguard.models.gp.objective import MapObjective, fit_map, map_objective
 from priorguard.models.gp.state import exact_components, mixture_log_density, mixture_moments

@@ -43,7 +43,8 @@ from priorguard._compile import cached_program, count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.gp.data import Prepared, as_kernel_spec, prepare_data
 from priorguard.models.gp.draws import ExactDrawFn, basis_params
-from priorguard.models.gp.exact import PREDICTIVE_STREAM, observation_groups, posterior_dataset
+from priorguard.models.gp.exact import PREDICTIVE_STREAM
+from priorguard.models.gp.groups import observation_groups, posterior_dataset, prior_dataset, prior_predictive_dataset
 from priorguard.models.gp.kernels import GPProgram, compile_program
 from priorguard.models.gp.linalg import GPNumericalError, map_unbatched
 from priorguard.models.gp.objective import fit_map, gp_model, initial_unconstrained, map_objective, theta_from_sites
@@ -380,6 +381,10 @@ class SparseGPPosterior(eqx.Module):
                   "sample_stats": xr.Dataset({"lp": (["chain", "draw"], repeat(record.log_joint))},
                                              coords={"chain": [0], "draw": np.arange(draws)})}
         groups.update(observation_groups(prep, prefix, ll[None], y_rep[None]))
+        groups["prior"] = prior_dataset(self.state.program, prep.output_names, jax.random.fold_in(k_f, 2), ppc_draws)
+        prior_pred = prior_predictive_dataset(self.state.program, prep, groups["prior"], jax.random.fold_in(k_f, 3))
+        if prior_pred is not None:  # not above PRIOR_PREDICTIVE_MAX_INPUTS distinct inputs
+            groups["prior_predictive"] = prior_pred
         dt = xr.DataTree.from_dict(groups)
         dt.attrs.update({"model": "svgp", "inference": "map", "site_prefix": prefix, "posterior_draws":
                          "latent function under q, marginal per training input; hyperparameters fixed",
