@@ -15,8 +15,11 @@ import json
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from priorguard.analysis.labels import point_label
 
 __all__ = ["CompareRow", "compare_store", "plot_compare", "verdicts"]
 
@@ -44,10 +47,6 @@ class CompareRow:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _label(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) or "base"
-
-
 def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
 
@@ -57,12 +56,19 @@ def _ranks(values: dict[str, float]) -> dict[str, int]:
     return {k: i for i, (_, k) in enumerate(finite)}
 
 
-def compare_store(store_dir: Path, *, role: str = "terminal") -> list[CompareRow]:
-    """The rows of ``priorguard compare`` (done runs only; seeds with one point are skipped)."""
+def compare_store(store_dir: Path, *, role: str = "terminal",
+                  read: Callable[[Path], Any] | None = None) -> list[CompareRow]:
+    """The rows of ``priorguard compare`` (done runs only; seeds with one point are skipped).
+
+    ``read`` loads a run's DataTree (:func:`~priorguard.analysis.diagnostics.read_datatree`
+    by default; the report passes one that it shares with its LOO columns).
+    """
     import arviz as az
 
-    from priorguard.analysis.diagnostics import read_datatree
     from priorguard.store import ResultStore
+
+    if read is None:
+        from priorguard.analysis.diagnostics import read_datatree as read
 
     store = ResultStore(store_dir)
     groups: dict[tuple[str, int], list[Any]] = defaultdict(list)
@@ -76,10 +82,10 @@ def compare_store(store_dir: Path, *, role: str = "terminal") -> list[CompareRow
         for rec in recs:
             path = store.run_dir(rec.run_id) / f"{role}.nc"
             if path.is_file():
-                dt = read_datatree(path)
+                dt = read(path)
                 if "log_likelihood" in dt.children:
-                    trees[_label(rec.overrides)] = dt
-                loso[_label(rec.overrides)] = _num(dt.attrs.get("elpd_loso"))
+                    trees[point_label(rec.overrides)] = dt
+                loso[point_label(rec.overrides)] = _num(dt.attrs.get("elpd_loso"))
         table = None
         if len(trees) >= 2:
             try:
@@ -88,10 +94,10 @@ def compare_store(store_dir: Path, *, role: str = "terminal") -> list[CompareRow
                     table = az.compare(trees)
             except Exception:  # noqa: BLE001 - a file ArviZ cannot score: its row shows n/a
                 table = None
-        regret = {_label(r.overrides): _num((r.metrics or {}).get("regret")) for r in recs}
+        regret = {point_label(r.overrides): _num((r.metrics or {}).get("regret")) for r in recs}
         regret_rank = _ranks(regret)
         for rec in recs:
-            label, m = _label(rec.overrides), rec.metrics or {}
+            label, m = point_label(rec.overrides), rec.metrics or {}
             got = table is not None and label in table.index
             cell = (lambda col: float(table.loc[label, col])) if got else (lambda col: math.nan)  # noqa: E731
             rows.append(CompareRow(experiment, seed, label, rec.run_id, int(table.loc[label, "rank"]) if got else None,

@@ -343,7 +343,7 @@ def write_prior_check_points(points: Sequence[tuple[dict[str, Any], Mapping[str,
     Returns:
         The paths written (none when no role differs between points).
     """
-    from priorguard.analysis.report import point_label
+    from priorguard.analysis.labels import point_label
 
     changed = [role for role in points[0][1] if len({repr(p[1].get(role)) for p in points}) > 1]
     if not changed:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import html
 import json
 import math
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import numpy as np
 
 from priorguard import __version__
 from priorguard.analysis.finding import findings, has_catastrophes
+from priorguard.analysis.labels import point_label
 from priorguard.metrics import is_unit_metric, metric, outcome_groups, table_metrics
 from priorguard.store import ResultStore
 
@@ -87,22 +90,7 @@ def mean_interval(values: list[float], level: float = LEVEL,
     return m, lo, hi
 
 
-def point_label(overrides: dict[str, Any]) -> str:
-    """Short label of a sweep point: the last two parts of each path; paths that end
-    alike and share a value are merged (``terminal+instrumental.features=['dx']``)."""
-    merged: dict[tuple[str, str], list[str]] = {}
-    for k, v in overrides.items():
-        parts = k.split(".")
-        merged.setdefault((parts[-1], repr(v) if not isinstance(v, str) else v), []).append(
-            parts[-2] if len(parts) > 1 else "")
-    items = []
-    for (leaf, value), owners in merged.items():
-        prefix = "+".join(o for o in owners if o)
-        items.append(f"{prefix + '.' if prefix else ''}{leaf}={value}")
-    return ", ".join(items) or "base"
-
-
-def _terminal_loo(run_dir: Path) -> tuple[float, float]:
+def _terminal_loo(run_dir: Path, read: Callable[[Path], Any]) -> tuple[float, float]:
     """T's in-distribution ``(elpd-LOO, elpd-LOSO)`` from ``terminal.nc``; NaN where missing."""
     nan = float("nan")
     path = run_dir / "terminal.nc"
@@ -111,9 +99,7 @@ def _terminal_loo(run_dir: Path) -> tuple[float, float]:
     try:
         import arviz as az
 
-        from priorguard.analysis.diagnostics import read_datatree
-
-        dt = read_datatree(path)
+        dt = read(path)
     except Exception:  # a file ArviZ cannot read: reported as missing
         return nan, nan
     loso = float(dt.attrs.get("elpd_loso", nan))  # exact GPs: leave one state out
@@ -129,8 +115,11 @@ def _terminal_loo(run_dir: Path) -> tuple[float, float]:
         return nan, loso
 
 
-def summarise(store: ResultStore) -> list[PointSummary]:
-    """Done runs grouped by (experiment, sweep point)."""
+def summarise(store: ResultStore, *, read: Callable[[Path], Any] | None = None) -> list[PointSummary]:
+    """Done runs grouped by (experiment, sweep point); ``read`` loads a run's DataTree
+    (:func:`~priorguard.analysis.diagnostics.read_datatree` by default)."""
+    if read is None:
+        from priorguard.analysis.diagnostics import read_datatree as read
     groups: dict[tuple[str, str], PointSummary] = {}
     for rec in store.records(status="done"):
         key = (rec.experiment, json.dumps(rec.overrides, sort_keys=True))
@@ -142,7 +131,7 @@ def summarise(store: ResultStore) -> list[PointSummary]:
                 point.metrics[k].append(float(v))
             elif v is None:
                 point.metrics[k].append(float("nan"))
-        loo, loso = _terminal_loo(store.run_dir(rec.run_id))
+        loo, loso = _terminal_loo(store.run_dir(rec.run_id), read)
         point.loo.append(loo)
         point.loso.append(loso)
     return list(groups.values())
@@ -210,8 +199,11 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
     Raises:
         ValueError: the store has no finished runs.
     """
+    from priorguard.analysis.diagnostics import read_datatree
+
     store = ResultStore(store_dir)
-    points = summarise(store)
+    read = functools.cache(read_datatree)  # the LOO columns and az.compare read each terminal.nc once
+    points = summarise(store, read=read)
     if not points:
         raise ValueError(f"{store_dir} has no finished runs to report")
     out = Path(out_dir)
@@ -274,7 +266,7 @@ def build_report(store_dir: str | Path, out_dir: str | Path) -> Path:
               "index's, from when it finished; the next `priorguard sweep` into this store makes it again."
               for run_id, files in damaged.items() if files]
     run_links = _run_plot_links(store, out)
-    per_seed = _compare_verdicts(store)
+    per_seed = _compare_verdicts(store, read)
     md = [f"# priorguard report: {store_dir}", "", "## Finding", "", *(f"- {f}" for f in found), "",
           f"{sum(len(p.seeds) for p in points)} finished run(s) in {len(points)} sweep point(s). "
           "Intervals: [min, max] over seeds below 5 seeds, else 90% Student-t intervals.", "", "## Metrics", "",
@@ -373,17 +365,15 @@ COMPARE_NOTE = ("Per seed, az.compare (PSIS-LOO over each run's terminal.nc draw
                 "prints the whole table): did the prior LOO ranked first also have the least deploy regret?")
 
 
-def _compare_verdicts(store: ResultStore) -> list[str]:
+def _compare_verdicts(store: ResultStore, read: Callable[[Path], Any]) -> list[str]:
     """``priorguard compare``'s per-seed verdicts on T, with the report's point labels."""
     from priorguard.analysis.compare import compare_store, verdicts
 
     try:
-        rows = compare_store(store.root)
+        rows = compare_store(store.root, read=read)
     except (OSError, ValueError) as exc:  # a run file ArviZ cannot read: the section says so
         return [f"az.compare could not run on this store: {exc}"]
-    label = {r.run_id: point_label(r.overrides) for r in store.records(status="done")}
-    return verdicts([r for r in rows if r.loo_rank is not None], {r.point: label[r.run_id] for r in rows
-                                                                   if r.run_id in label})
+    return verdicts([r for r in rows if r.loo_rank is not None])
 
 
 def _run_plot_links(store: ResultStore, out: Path) -> list[tuple[str, list[tuple[str, str]]]]:
