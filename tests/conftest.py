@@ -33,11 +33,13 @@ E2E_FILES = {
 
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
-    """A test worker compiles thousands of programs: past the kernel's memory-map limit the next compile segfaults."""
+    """A test worker compiles thousands of programs: past the kernel's memory-map limit the next compile segfaults.
+    It also hands back the heap's free pages, so that it holds what the next test needs, not the largest test's."""
     yield
-    from priorguard._runtime import release_compiled_programs
+    from priorguard._runtime import release_compiled_programs, return_free_memory
 
     release_compiled_programs()
+    return_free_memory()
 
 
 def pytest_collection_modifyitems(config, items):

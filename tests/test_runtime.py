@@ -1,12 +1,15 @@
 """Process-wide JAX set-up: dropping compiled programs before the memory-map limit."""
 
+import ctypes
+import ctypes.util
+import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from priorguard._runtime import memory_maps, release_compiled_programs
+from priorguard._runtime import memory_maps, release_compiled_programs, return_free_memory
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -26,6 +29,31 @@ def test_compiled_programs_hold_memory_maps_until_released_and_come_back_when_ca
     assert memory_maps()[0] < loaded - 100
     # a function whose program was dropped compiles (or loads) it again, same numbers
     assert jnp.array_equal(functions[7](jnp.ones((9, 3))), values[7])
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@linux_only
+def test_freed_heap_memory_goes_back_to_the_system():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("not glibc: no malloc_trim to call")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 64 * 1024, 3000  # 190 MB in blocks below the mmap threshold: carved from the heap
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)  # resident
+    for b in blocks[::2]:  # every other block: a fragmented heap, which free() alone cannot shrink
+        libc.free(b)
+    held = _resident_bytes()
+    assert return_free_memory()
+    assert held - _resident_bytes() > 60 * 2**20, (held, _resident_bytes())  # of the 95 MB freed
+    for b in blocks[1::2]:
+        libc.free(b)
 
 
 def test_a_run_without_float64_is_refused_with_what_to_call():

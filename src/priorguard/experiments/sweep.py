@@ -111,9 +111,11 @@ def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
     """Runs one task in this process, catching its failure into the outcome.
 
     Afterwards drops JAX's compiled programs if the process nears its memory-map
-    limit (:func:`priorguard._runtime.release_compiled_programs`).
+    limit (:func:`priorguard._runtime.release_compiled_programs`) and hands the
+    heap's free pages back (:func:`priorguard._runtime.return_free_memory`), so that
+    a worker holds between runs what it needs, not its largest run so far.
     """
-    from priorguard._runtime import release_compiled_programs
+    from priorguard._runtime import release_compiled_programs, return_free_memory
 
     started = time.time()
     try:
@@ -125,6 +127,7 @@ def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
                            started=started, finished=time.time())
     finally:  # a worker that runs many runs never reaches the memory-map limit
         release_compiled_programs()
+        return_free_memory()
 
 
 Event = Literal["skip", "damaged", "start", "done", "failed"]
