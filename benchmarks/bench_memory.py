@@ -6,9 +6,14 @@ persistent compilation cache as a user has it), and its peak RSS is the child's
 experiment; the baseline in the same run is a bare interpreter that imports jax, numpyro and
 priorguard's models (what any run holds before it does anything). Repeated; median and range.
 
+With ``--sweep`` it runs each experiment's whole sweep on 2 workers instead
+(``priorguard sweep NAME --workers 2``) and reports each worker's peak, sampled from
+``/proc`` every 0.1 s (Linux): what a worker holds grows with the runs before it
+unless it lets go of their compiled programs and freed heap between runs.
+
 Usage::
 
-    python benchmarks/bench_memory.py [--repeats 1] [names...]
+    python benchmarks/bench_memory.py [--repeats 1] [--sweep] [names...]
 """
 
 from __future__ import annotations
@@ -38,11 +43,58 @@ def measured(cmd: list[str]) -> tuple[float, float]:
     return float(peak), float(wall)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def sweep_worker_peaks(name: str) -> tuple[list[float], float]:
+    """Peak RSS (GB) of each process of a 2-worker sweep but the parent (the workers, largest
+    first), sampled every 0.1 s, and the sweep's wall time."""
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "priorguard.cli", "sweep", name, "--workers", "2",
+                                 "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak: dict[int, float] = {}
+        while proc.poll() is None:
+            for pid in _children(proc.pid):
+                try:
+                    with open(f"/proc/{pid}/statm") as f:
+                        peak[pid] = max(peak.get(pid, 0.0), int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30)
+                except (OSError, ValueError):
+                    continue
+            time.sleep(0.1)
+        if proc.returncode != 0:
+            raise RuntimeError(f"priorguard sweep {name} exited with {proc.returncode}")
+        return sorted(peak.values(), reverse=True)[:2], time.perf_counter() - t
+
+
+def main_sweep(names: list[str], repeats: int) -> None:
+    print(f"{'experiment':22s} {'worker peak GB (median of the larger)':>38s} {'range':>13s} {'wall s':>7s}"
+          f"  goal <= {GOAL_GB} GB per worker")
+    for name in names:
+        peaks, walls = [], []
+        for _ in range(repeats):
+            workers, wall = sweep_worker_peaks(name)
+            peaks.append(workers[0])
+            walls.append(wall)
+        med = statistics.median(peaks)
+        print(f"{name:22s} {med:38.2f} {min(peaks):6.2f}-{max(peaks):<6.2f} {statistics.median(walls):7.0f}"
+              f"  {'ok' if med <= GOAL_GB else 'OVER'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--sweep", action="store_true", help="each experiment's sweep on 2 workers")
     parser.add_argument("names", nargs="*", default=SHIPPED)
     args = parser.parse_args()
+    if args.sweep:
+        return main_sweep(args.names, args.repeats)
     base_cmd = [sys.executable, "-c", "import jax, numpyro, priorguard.models.gp, priorguard.models.bnn"]
     base = [measured(base_cmd)[0] for _ in range(args.repeats)]
     print(f"baseline (interpreter + jax + numpyro + models): {statistics.median(base):.2f} GB")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from priorguard._runtime import memory_maps, release_compiled_programs, return_free_memory
+from priorguard._runtime import memory_maps, release_compiled_programs, resident_bytes, return_free_memory
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -29,6 +29,18 @@ def test_compiled_programs_hold_memory_maps_until_released_and_come_back_when_ca
     assert memory_maps()[0] < loaded - 100
     # a function whose program was dropped compiles (or loads) it again, same numbers
     assert jnp.array_equal(functions[7](jnp.ones((9, 3))), values[7])
+
+
+@linux_only
+def test_compiled_programs_are_dropped_when_the_process_holds_more_than_it_may_keep():
+    functions = [jax.jit(lambda x, i=i: jnp.cos(x) * i) for i in range(5)]
+    [f(jnp.ones(3)) for f in functions]
+    held = resident_bytes()
+    assert held is not None and held > 0
+    assert not release_compiled_programs(share=1.0, retain_bytes=held * 4)  # room left: kept
+    assert functions[0]._cache_size() == 1
+    assert release_compiled_programs(share=1.0, retain_bytes=held // 4)
+    assert functions[0]._cache_size() == 0
 
 
 def _resident_bytes() -> int:

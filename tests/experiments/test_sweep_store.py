@@ -253,11 +253,13 @@ def test_index_times_exclude_queueing_and_reconcile_matches_a_normal_finish(tmp_
 
 
 def test_each_run_ends_by_checking_the_workers_memory_maps_failed_runs_too(tmp_path, monkeypatch):
-    # a worker that runs many runs would otherwise reach the kernel's memory-map limit (a segfault in XLA)
+    # a worker that runs many runs would otherwise reach the kernel's memory-map limit (a segfault in XLA),
+    # and hold the compiled programs of every run before (its memory grows run by run)
     import priorguard._runtime as runtime
 
     checks = []
-    monkeypatch.setattr(runtime, "release_compiled_programs", lambda: checks.append(True) or False)
+    monkeypatch.setattr(runtime, "release_compiled_programs",
+                        lambda **kw: checks.append(kw["retain_bytes"] == runtime.RETAIN_BYTES) or False)
     outcomes = run_sweep(make_tasks(tmp_path, 3, fail_seed=1), ResultStore(tmp_path), workers=1, run_fn=RUN_FN)
     assert sorted(o.ok for o in outcomes.values()) == [False, True, True]
-    assert len(checks) == 3
+    assert checks == [True] * 3

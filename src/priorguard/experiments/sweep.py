@@ -110,12 +110,12 @@ def _worker_init(counter: Any = None, workers: int = 1) -> None:
 def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
     """Runs one task in this process, catching its failure into the outcome.
 
-    Afterwards drops JAX's compiled programs if the process nears its memory-map
-    limit (:func:`priorguard._runtime.release_compiled_programs`) and hands the
-    heap's free pages back (:func:`priorguard._runtime.return_free_memory`), so that
-    a worker holds between runs what it needs, not its largest run so far.
+    Afterwards hands the heap's free pages back (:func:`priorguard._runtime.return_free_memory`)
+    and drops JAX's compiled programs if the process nears its memory-map limit or holds more
+    than :data:`~priorguard._runtime.RETAIN_BYTES` (:func:`~priorguard._runtime.release_compiled_programs`):
+    a worker starts each run lean, not holding every earlier run's programs.
     """
-    from priorguard._runtime import release_compiled_programs, return_free_memory
+    from priorguard._runtime import RETAIN_BYTES, release_compiled_programs, return_free_memory
 
     started = time.time()
     try:
@@ -125,9 +125,10 @@ def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
         tb = traceback.format_exception(exc)
         return TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}",
                            started=started, finished=time.time())
-    finally:  # a worker that runs many runs never reaches the memory-map limit
-        release_compiled_programs()
+    finally:  # a worker that runs many runs never reaches the memory-map limit, nor grows run by run
         return_free_memory()
+        if release_compiled_programs(retain_bytes=RETAIN_BYTES):
+            return_free_memory()
 
 
 Event = Literal["skip", "damaged", "start", "done", "failed"]
