@@ -28,9 +28,13 @@ def test_prior_check_writes_datatrees_and_plots(tmp_path):
                      "prior_terminal_points.png", "prior_world.nc", "prior_world.png", "prior_world_depth.png"]
     dt = read_datatree(out / "prior_terminal.nc")
     assert {"prior", "prior_predictive"} <= set(dt.children)
-    ls = dt["prior"]["terminal.kernel.lengthscale"].values  # the declared LogNormal(0, 1), ARD over 2 features
-    assert ls.shape == (1, 12, 2) and np.all(ls > 0)
-    f = dt["prior_predictive"]["f"]
+    # named as in a run's terminal.nc: the declared LogNormal(0, 1), ARD over 2 named features, output "value"
+    ls = dt["prior"]["terminal.kernel.lengthscale"]
+    assert ls.dims == ("chain", "draw", "output", "terminal.kernel.lengthscale.feature") and ls.shape == (1, 12, 1, 2)
+    assert list(ls["output"].values) == ["value"] and np.all(ls.values > 0)
+    assert list(ls["terminal.kernel.lengthscale.feature"].values) == ["coin_dx", "agent_x"]
+    assert {"terminal.f", "terminal.y"} <= set(dt["prior_predictive"].data_vars)
+    f = dt["prior_predictive"]["terminal.f"]
     assert f.sizes["feature"] == 2 and f.sizes["draw"] == 12
     assert list(f["feature"].values) == ["coin_dx", "agent_x"]
     x = dt["prior_predictive"]["x"]  # the slices' points in feature units: coin_dx spans -9 .. 9

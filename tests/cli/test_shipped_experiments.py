@@ -48,6 +48,10 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     for who in ("no_veto_regret", "proposal_alone_regret"):
         assert (m[f"{who}_in_range"] is None) == (frac == 0.0) and (m[f"{who}_out_of_range"] is None) == (frac == 1.0)
     assert (folder / "spec.toml").is_file() and (folder / "terminal.nc").is_file() and (folder / "world.nc").is_file()
+    from priorguard.analysis.diagnostics import read_datatree
+
+    t = read_datatree(folder / "terminal.nc")  # named as prior-check names T: output "value", data "terminal.y"
+    assert list(t["observed_data"]["output"].values) == ["value"] and "terminal.y" in t["prior_predictive"]
     has_d = "[termination]" in (ROOT / "experiments" / f"{name}.toml").read_text()
     assert (folder / "termination.nc").is_file() == has_d
     if has_d:  # D's fit is scored on held-out train states and on deploy

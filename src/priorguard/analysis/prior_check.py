@@ -41,6 +41,8 @@ class RolePrior:
     hyper: dict[str, np.ndarray]  # site -> [S, ...]
     output_names: list[str]
     bars: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    #: the ``prior`` group as a run file writes it (same variables, dims and coords), where built
+    prior_group: Any = None
 
 
 def _slices(dim: int, grid: np.ndarray) -> np.ndarray:
@@ -55,8 +57,10 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int,
               ranges: Sequence[tuple[float, float]]) -> RolePrior:
     from numpyro.infer import Predictive
 
+    from priorguard.models.gp.groups import posterior_dataset
     from priorguard.models.gp.kernels import compile_program
     from priorguard.models.gp.objective import gp_model, theta_from_sites
+    from priorguard.models.roles import ROLE_OUTPUTS
 
     bars = {}
     kernel = spec.kernel
@@ -88,7 +92,9 @@ def _gp_prior(spec: GPModel, role: str, names: list[str], key: Any, n: int,
     noise = np.asarray(theta[f"{role}/noise"]).reshape(n, 1, 1, 1)
     observed = latent + noise * np.asarray(jax.random.normal(k_eps, latent.shape))
     hyper = {k: np.asarray(v) for k, v in draws.items()}
-    return RolePrior(role, names, [], grid, latent, observed, hyper, ["value"], bars)
+    outputs = list(ROLE_OUTPUTS.get(role, ("value",)))
+    group = posterior_dataset(program, {k: v.reshape(1, n, 1, *v.shape[1:]) for k, v in hyper.items()}, outputs)
+    return RolePrior(role, names, [], grid, latent, observed, hyper, outputs, bars, prior_group=group)
 
 
 def _bnn_prior(spec: BNNModel, role: str, names: list[str], out_names: list[str], key: Any, n: int) -> RolePrior:
@@ -154,6 +160,8 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
         role -> :class:`RolePrior`.
     """
     features = list(info.feature_names)
+    from priorguard.models.roles import ROLE_OUTPUTS
+
     out = {}
     for (role, model), k in zip(roles.items(), jax.random.split(key, len(roles))):
         if on_role:
@@ -167,7 +175,7 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
                 [(0.0, 1.0)] * len(acts) if info.action_kind == "discrete"
                 else list(zip(info.action_low.tolist(), info.action_high.tolist())))
         else:
-            in_names, out_names = names, ["episode_ends" if role == "termination" else "value"]
+            in_names, out_names = names, list(ROLE_OUTPUTS[role])
             ranges = [info.feature_ranges[f] for f in names]
         if isinstance(model, GPModel):
             if len(out_names) > 1 and model.parents:  # one output that reads every input is shown
@@ -180,6 +188,9 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
                 rp.output_names = [f"{out_names[0]} (each of {len(out_names)} outputs alike)"]
             else:
                 rp = _gp_prior(model, role, in_names, k, num_draws, ranges)
+                if role == "world":
+                    rp.output_names = [f"delta_{n}" for n in out_names]
+            rp.prior_group = rp.prior_group.assign_coords(output=rp.output_names)  # the labels above
         else:
             rp = _bnn_prior(model, role, in_names, [f"delta_{n}" for n in out_names] if role == "world" else out_names,
                             k, num_draws)
@@ -189,23 +200,27 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
 
 
 def to_datatree(rp: RolePrior) -> Any:
-    """An ArviZ DataTree with ``prior`` (hyperparameters) and ``prior_predictive`` groups."""
+    """An ArviZ DataTree with ``prior`` (hyperparameters) and ``prior_predictive`` groups.
+
+    Named as a run's file names them: the hyperparameters as in its ``prior`` group (a GP's
+    dims ``(chain, draw, output[, <site>.feature])``), and the draws ``<role>.y`` (with noise)
+    and ``<role>.f`` (the function), here along ``(feature, grid, output)``: each feature's
+    slice through the input box, the others at the middle, instead of a run's ``obs``.
+    """
     import arviz as az
 
     from priorguard.priors.sites import variable as site_var
 
-    prior = {site_var(k): v[None] for k, v in rp.hyper.items()}
-    dims = {}
-    for k, v in prior.items():
-        dims[k] = [f"{k}_dim{i}" for i in range(v.ndim - 2)]
-    pp = {"f": rp.latent[None], "y": rp.observed[None]}
+    var = site_var(rp.role)
+    groups: dict[str, Any] = {"prior_predictive": {f"{var}.f": rp.latent[None], f"{var}.y": rp.observed[None]}}
+    dims: dict[str, list[str]] = {name: ["feature", "grid", "output"] for name in groups["prior_predictive"]}
+    if rp.prior_group is None:
+        groups["prior"] = {site_var(k): v[None] for k, v in rp.hyper.items()}
+        dims.update({k: [f"{k}_dim{i}" for i in range(v.ndim - 2)] for k, v in groups["prior"].items()})
     coords = {"feature": rp.feature_names, "grid": rp.grid, "output": rp.output_names}
-    dt = az.from_dict(
-        {"prior": prior, "prior_predictive": pp},
-        sample_dims=["chain", "draw"],
-        dims={**dims, "f": ["feature", "grid", "output"], "y": ["feature", "grid", "output"]},
-        coords=coords,
-    )
+    dt = az.from_dict(groups, sample_dims=["chain", "draw"], dims=dims, coords=coords)
+    if rp.prior_group is not None:
+        dt["prior"] = rp.prior_group
     # where each slice's points lie along their feature, in the feature's own units
     x = np.stack([_feature_units(rp, f) for f in range(len(rp.feature_names))])
     dt["prior_predictive"] = dt["prior_predictive"].to_dataset().assign_coords(x=(("feature", "grid"), x))

@@ -18,6 +18,10 @@ from priorguard.priors.models import BNNModel, GPModel
 Role = Literal["terminal", "instrumental", "world", "termination"]
 
 
+#: Output names of the one-output roles in their DataTrees (W's are ``delta_<feature>``).
+ROLE_OUTPUTS = {"terminal": ("value",), "instrumental": ("value",), "termination": ("episode_ends",)}
+
+
 def fit_role(
     spec: GPModel | BNNModel,
     data: Data,
@@ -40,8 +44,8 @@ def fit_role(
         role: the site prefix (``terminal/kernel/lengthscale``, ``world/layer0/w``).
         feature_names: names of the ``D`` input columns.
         feature_ranges: ``(low, high)`` of each input column.
-        output_names: names of the ``O`` outputs in the DataTree (default: ``y0 ...`` for a GP,
-            indices for a BNN); W's are ``delta_<feature>``, and its ``parents`` name the features.
+        output_names: names of the ``O`` outputs in the DataTree (default: :data:`ROLE_OUTPUTS`
+            for T, I and D; W's are ``delta_<feature>``, and its ``parents`` name the features).
         num_action_columns: W: how many of the last input columns encode the action (every
             factor of a W with ``parents`` reads them).
 
@@ -52,6 +56,8 @@ def fit_role(
     # appended the action columns: data.x holds exactly what the model reads.
     if isinstance(spec, GPModel | BNNModel) and spec.features is not None:
         spec = spec.model_copy(update={"features": None})
+    if output_names is None and role in ROLE_OUTPUTS and data.y.shape[1] == 1:
+        output_names = list(ROLE_OUTPUTS[role])
     if getattr(spec, "parents", None):
         from priorguard.models.factored import fit_factored
 
