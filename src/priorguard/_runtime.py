@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 _DONE = False
+#: Whether this process is a sweep worker (a pool or Ray worker: :func:`configure` with ``worker=True``).
+WORKER = False
 
 #: PYTHONHASHSEED of every process that runs experiments. Some libraries build
 #: programs by iterating over sets of site names (numpyro's ELBO does), so with
@@ -53,7 +55,7 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def configure(*, host_devices: int | None = None, cache_dir: str | Path | None = None) -> None:
+def configure(*, host_devices: int | None = None, cache_dir: str | Path | None = None, worker: bool = False) -> None:
     """Sets float64, the host device count, the persistent compilation cache and one BLAS thread.
 
     Must run before JAX is first used for the device count to take effect
@@ -64,8 +66,11 @@ def configure(*, host_devices: int | None = None, cache_dir: str | Path | None =
         cache_dir: persistent compilation cache folder (default
             ``$PRIORGUARD_CACHE`` or ``~/.cache/priorguard/jax``); programs go
             into its subfolder ``cpus-<n>``, n the CPUs this process may run on.
+        worker: this process is a sweep worker (:data:`WORKER`): between runs it keeps at most
+            :data:`RETAIN_BYTES` of compiled programs.
     """
-    global _DONE
+    global _DONE, WORKER
+    WORKER = WORKER or worker
     if _DONE:
         return
     limit_blas_threads()

@@ -102,20 +102,20 @@ def _worker_init(counter: Any = None, workers: int = 1) -> None:
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) >= workers:
             os.sched_setaffinity(0, cpus[index % workers::workers])
-    from priorguard._runtime import configure
+    from priorguard import _runtime
 
-    configure()
+    _runtime.configure(worker=True)
 
 
 def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
     """Runs one task in this process, catching its failure into the outcome.
 
     Afterwards hands the heap's free pages back (:func:`priorguard._runtime.return_free_memory`)
-    and drops JAX's compiled programs if the process nears its memory-map limit or holds more
-    than :data:`~priorguard._runtime.RETAIN_BYTES` (:func:`~priorguard._runtime.release_compiled_programs`):
-    a worker starts each run lean, not holding every earlier run's programs.
+    and drops JAX's compiled programs if the process nears its memory-map limit or, in a sweep
+    worker, holds more than :data:`~priorguard._runtime.RETAIN_BYTES`
+    (:func:`~priorguard._runtime.release_compiled_programs`): a worker starts each run lean.
     """
-    from priorguard._runtime import RETAIN_BYTES, release_compiled_programs, return_free_memory
+    from priorguard import _runtime
 
     started = time.time()
     try:
@@ -126,9 +126,9 @@ def run_one(task: RunTask, run_fn: str = DEFAULT_RUN_FN) -> TaskOutcome:
         return TaskOutcome(task.run_id, False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}",
                            started=started, finished=time.time())
     finally:  # a worker that runs many runs never reaches the memory-map limit, nor grows run by run
-        return_free_memory()
-        if release_compiled_programs(retain_bytes=RETAIN_BYTES):
-            return_free_memory()
+        _runtime.return_free_memory()
+        if _runtime.release_compiled_programs(retain_bytes=_runtime.RETAIN_BYTES if _runtime.WORKER else None):
+            _runtime.return_free_memory()
 
 
 Event = Literal["skip", "damaged", "start", "done", "failed"]
