@@ -76,6 +76,10 @@ def test_prior_check_draws_every_shipped_experiments_priors(name, tmp_path):
         dt = read_datatree(tmp_path / f"prior_{role}.nc")
         draws = dt["prior_predictive"]
         assert all(np.isfinite(draws[v].values).all() for v in draws.data_vars), role
+        # the prior's variables along the run files' named dims (feature, hidden<i>, output, ...)
+        prior = dt["prior"]
+        unnamed = [(v, d) for v in prior.data_vars for d in prior[v].dims if "_dim" in d]
+        assert not unnamed, (role, unnamed)
     assert written
 
 

@@ -52,6 +52,8 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
 
     t = read_datatree(folder / "terminal.nc")  # named as prior-check names T: output "value", data "terminal.y"
     assert list(t["observed_data"]["output"].values) == ["value"] and "terminal.y" in t["prior_predictive"]
+    w = read_datatree(folder / "world.nc")  # one model's data, factored or not: ArviZ needs no var_name
+    assert list(w["observed_data"].data_vars) == ["world.y"] and list(w["log_likelihood"].data_vars) == ["world.y"]
     has_d = "[termination]" in (ROOT / "experiments" / f"{name}.toml").read_text()
     assert (folder / "termination.nc").is_file() == has_d
     if has_d:  # D's fit is scored on held-out train states and on deploy

@@ -1,7 +1,8 @@
 """Every kind of fit writes a DataTree that ArviZ 1.3's model checks run on.
 
 For each kind -- GP by MAP, NUTS, sparse (inducing points) and kernel structure search; BNN
-by NUTS, SVI, ensemble and MAP -- two small fits of the same kind go through ``az.loo``,
+by NUTS, SVI, ensemble and MAP; a factored world model (one GP per factor of declared
+parents, written as one model) -- two small fits of the same kind go through ``az.loo``,
 ``az.loo_pit``, ``az.compare``, ``arviz_plots.plot_ppc_dist`` and
 ``arviz_plots.plot_prior_posterior`` (every file has a ``prior`` group: draws of the same
 variables as ``posterior`` from their priors) and ``plot_ppc_dist`` of the
@@ -63,13 +64,39 @@ KINDS = {
     "bnn_svi": ({"model": "bnn", "hidden": [4], "inference": {"method": "svi", "steps": 100, "samples": 50}},) * 2,
     "bnn_ensemble": ({"model": "bnn", "hidden": [4], "inference": _ENSEMBLE},) * 2,
     "bnn_map": ({"model": "bnn", "hidden": [4], "inference": {"method": "map", "steps": 50}},) * 2,
+    # W with declared parents: one GP per factor, read back as one model (``world.y`` over W's outputs)
+    "gp_factored": ({"model": "gp", "kernel": {"kind": "rbf"}, "inference": {"method": "map", "steps": 30},
+                     "parents": {"a": ["a"], "b": ["b"]}},
+                    {"model": "gp", "kernel": {"kind": "matern52"}, "inference": {"method": "map", "steps": 30},
+                     "parents": {"a": ["a"], "b": ["b"]}}),
 }
+#: the variable each kind's files name their data by
+SITE = {kind: "world.y" if kind == "gp_factored" else "terminal.y" for kind in KINDS}
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.uniform(0.0, 1.0, (N, 1))
     return x, np.sin(6.0 * x) + 0.1 * rng.normal(size=(N, 1))
+
+
+def _world_data() -> tuple[np.ndarray, np.ndarray]:
+    """Features a, b and a one-hot action; the change of a follows a, that of b follows b."""
+    rng = np.random.default_rng(1)
+    ab = rng.uniform(0.0, 1.0, (N, 2))
+    go = rng.integers(0, 2, N).astype(float)
+    y = np.stack([np.sin(6.0 * ab[:, 0]) * go, np.cos(4.0 * ab[:, 1])], axis=1) + 0.1 * rng.normal(size=(N, 2))
+    return np.c_[ab, go, 1.0 - go], y
+
+
+def _fit_world(spec: dict, seed: int) -> object:
+    from priorguard.models.roles import fit_role
+    from priorguard.priors.models import GPModel
+
+    x, y = _world_data()
+    return fit_role(GPModel.model_validate(spec), as_data(x, y), key=jax.random.key(seed), role="world",
+                    feature_names=["a", "b", "go", "stay"], feature_ranges=[(0.0, 1.0)] * 4,
+                    output_names=["delta_a", "delta_b"], num_action_columns=2)
 
 
 _CACHE: dict[str, tuple[object, object, object]] = {}
@@ -83,7 +110,9 @@ def _fits(kind: str) -> tuple[object, object, object]:
         with warnings.catch_warnings():  # 30 NUTS draws per chain: ESS warnings are expected
             warnings.simplefilter("ignore")
             for seed, spec in enumerate(KINDS[kind]):
-                if spec["model"] == "gp":
+                if "parents" in spec:
+                    post = _fit_world(spec, seed)
+                elif spec["model"] == "gp":
                     post = fit_gp(spec, as_data(x, y), key=jax.random.key(seed), feature_names=["a"],
                                   feature_ranges=[(0.0, 1.0)])
                 else:
@@ -101,28 +130,31 @@ def _quiet(fn, *args, **kwargs):
 
 def _groups_share_sample_dims_and_log_likelihood_has_the_observed_dims(kind):
     _, dt, _ = _fits(kind)
-    observed = dt["observed_data"]["terminal.y"]
-    assert observed.dims == ("obs", "output") and observed.shape == (N, 1)
-    assert dt["log_likelihood"]["terminal.y"].dims == ("chain", "draw", *observed.dims)
+    site = SITE[kind]
+    observed = dt["observed_data"][site]
+    assert observed.dims == ("obs", "output") and observed.shape[0] == N
+    assert dt["log_likelihood"][site].dims == ("chain", "draw", *observed.dims)
+    assert dt["constant_data"][site.replace(".y", ".x")].dims == ("obs", "feature")
     sizes = {g: (dt[g].sizes["chain"], dt[g].sizes["draw"])
              for g in ("posterior", "posterior_predictive", "log_likelihood")}
     assert len(set(sizes.values())) == 1, sizes
     chains, draws = sizes["posterior"]
     assert chains * draws >= 50, sizes  # enough draws for PSIS's Pareto tail (3 networks are not)
-    assert np.all(np.isfinite(dt["log_likelihood"]["terminal.y"].values))
+    assert np.all(np.isfinite(dt["log_likelihood"][site].values))
 
 
 def _loo_has_a_finite_elpd(kind):
     _, dt, _ = _fits(kind)
     loo = _quiet(az.loo, dt, pointwise=True)
-    assert np.isfinite(loo.elpd) and np.isfinite(loo.se) and loo.n_data_points == N
-    assert loo.pareto_k.shape == (N, 1)
+    outputs = dt["observed_data"].sizes["output"]
+    assert np.isfinite(loo.elpd) and np.isfinite(loo.se) and loo.n_data_points == N * outputs
+    assert loo.pareto_k.shape == (N, outputs)
 
 
 def _loo_pit_is_finite_with_the_observed_shape(kind):
     _, dt, _ = _fits(kind)
-    pit = np.asarray(_quiet(az.loo_pit, dt)["terminal.y"])
-    assert pit.shape == dt["observed_data"]["terminal.y"].shape
+    pit = np.asarray(_quiet(az.loo_pit, dt)[SITE[kind]])
+    assert pit.shape == dt["observed_data"][SITE[kind]].shape
     assert np.all(np.isfinite(pit)) and np.all((pit >= 0.0) & (pit <= 1.0))
     assert np.ptp(pit) > 0.1  # not one value for every point
 
@@ -139,9 +171,9 @@ def _plot_ppc_dist_draws_the_replicates_and_the_data(kind):
     _, dt, _ = _fits(kind)
     try:
         pc = _quiet(azp.plot_ppc_dist, dt)
-        assert pc.viz["predictive_dist"]["terminal.y"].sizes["sample"] == min(50, dt["posterior_predictive"].sizes["draw"]
-                                                                               * dt["posterior_predictive"].sizes["chain"])
-        assert "terminal.y" in pc.viz["observed_dist"].data_vars
+        assert pc.viz["predictive_dist"][SITE[kind]].sizes["sample"] == min(50, dt["posterior_predictive"].sizes["draw"]
+                                                                              * dt["posterior_predictive"].sizes["chain"])
+        assert SITE[kind] in pc.viz["observed_dist"].data_vars
     finally:
         plt.close("all")
 
@@ -165,8 +197,8 @@ def _plot_prior_posterior_overlays_the_prior_group(kind):
 
 def _prior_predictive_lies_at_the_training_inputs_in_the_targets_units(kind):
     _, dt, _ = _fits(kind)
-    observed = dt["observed_data"]["terminal.y"]
-    drawn = dt["prior_predictive"]["terminal.y"]
+    observed = dt["observed_data"][SITE[kind]]
+    drawn = dt["prior_predictive"][SITE[kind]]
     assert drawn.dims == ("chain", "draw", *observed.dims) and drawn.shape[2:] == observed.shape
     assert drawn.sizes["draw"] == dt["prior"].sizes["draw"] and np.all(np.isfinite(drawn.values))
     # the prior's data, in the data's units: centred near the data, of a spread within an order of
@@ -176,7 +208,7 @@ def _prior_predictive_lies_at_the_training_inputs_in_the_targets_units(kind):
     assert 0.1 * y.std() < float(drawn.std()) < 30.0 * y.std()
     try:
         pc = _quiet(azp.plot_ppc_dist, dt, group="prior_predictive")
-        assert pc.viz["predictive_dist"]["terminal.y"].sizes["sample"] == 50
+        assert pc.viz["predictive_dist"][SITE[kind]].sizes["sample"] == 50
     finally:
         plt.close("all")
 

@@ -87,7 +87,12 @@ def test_factored_datatree_lists_each_factor():
     post = dt["posterior"].to_dataset()
     assert list(post["output"].values) == ["delta_a", "delta_b"]
     assert np.isfinite(post["world.kernel.terms.0.variance"].values).all()
-    assert {"world.y[a]", "world.y[b]"} <= set(dt["observed_data"].to_dataset().data_vars)
+    # the factors share W's rows: their data read as one model's, W's outputs in W's order
+    observed = dt["observed_data"]["world.y"]
+    assert list(observed["output"].values) == ["delta_a", "delta_b"]
+    np.testing.assert_array_equal(observed.values, _data()[1])
+    assert dt["log_likelihood"]["world.y"].dims == ("chain", "draw", "obs", "output")
+    assert list(dt["constant_data"]["world.x"]["feature"].values) == ["a", "b", "go", "stay"]  # c: no factor reads it
     assert "elpd_loo_exact" in dt.attrs and "factors" in dt.attrs
 
 

@@ -140,7 +140,23 @@ def _bnn_prior(spec: BNNModel, role: str, names: list[str], out_names: list[str]
                      if not k2.endswith("/y") and np.asarray(v).size / rows.size <= 4096}
     if len(depths) > 1:
         hyper[f"{role}/depth"] = np.asarray([depths[c] for c in choice])
-    return RolePrior(role, names, [], grid, latent, observed, hyper, out_names, bars)
+        return RolePrior(role, names, [], grid, latent, observed, hyper, out_names, bars)
+    return RolePrior(role, names, [], grid, latent, observed, hyper, out_names, bars,
+                     prior_group=_bnn_prior_group(spec, role, hyper, names, out_names, depths[0]))
+
+
+def _bnn_prior_group(spec: BNNModel, role: str, hyper: Mapping[str, np.ndarray], names: list[str],
+                     out_names: list[str], depth: int) -> Any:
+    """The weights' prior draws named as a run file's ``prior`` group names them
+    (``feature``, ``hidden<i>``, ``output``)."""
+    from priorguard.models.bnn.network import _net_config, _site_dims
+    from priorguard.models.datatree import posterior_dataset as named_dataset
+
+    cfg = _net_config(spec, role, len(names), len(out_names), depth)
+    dims = {k: _site_dims(k, v.shape[1:], cfg) for k, v in hyper.items()}
+    named = {"feature": names, "output": out_names, **{f"hidden{i}": np.arange(w) for i, w in enumerate(spec.hidden)}}
+    coords = {d: named[d] for ds in dims.values() for d in ds if d in named}
+    return named_dataset({k: v[None] for k, v in hyper.items()}, dims, coords)
 
 
 def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Sequence[int], key: Any,

@@ -21,8 +21,10 @@ none is dropped from its sum or product). The action columns are always inputs.
 :class:`FactoredPosterior` puts the factors back together: predictions and function
 draws have W's outputs in W's order, log densities add up (the factors are independent
 given the inputs), and the DataTree lists every factor's hyperparameters along the
-``output`` dimension (NaN where a factor has no such hyperparameter) and each factor's
-data under its own names (``world.y[out_harm]``: factors group their rows differently).
+``output`` dimension (NaN where a factor has no such hyperparameter). The factors are fitted
+to the same rows, so the data groups are one model's: ``world.y`` over ``(obs, output)`` in
+W's order (a draw of W is the same draw of every factor), ``world.x`` over W's inputs, and
+``az.loo`` / ``az.loo_pit`` read the file as they read any model's.
 """
 
 from __future__ import annotations
@@ -218,7 +220,11 @@ def factored_datatree(factors: Sequence[Factor], trees: Sequence[Any]) -> Any:
     stats = [t["sample_stats"].to_dataset() for t in trees if "sample_stats" in t.children]
     if stats and all(set(s.data_vars) == set(stats[0].data_vars) and s.sizes == stats[0].sizes for s in stats):
         groups["sample_stats"] = sum(stats[1:], stats[0])  # independent factors: log densities add
+    joint = _joint_data(factors, trees)
+    groups.update(joint)
     for name in ("observed_data", "constant_data", "log_likelihood", "posterior_predictive", "prior_predictive"):
+        if joint:
+            break
         renamed = []
         for f, t in zip(factors, trees):
             if name not in t.children:
@@ -241,6 +247,49 @@ def factored_datatree(factors: Sequence[Factor], trees: Sequence[Any]) -> Any:
                                        if k in t.attrs}} for f, t in zip(factors, trees)])
     dt.attrs = attrs
     return dt
+
+
+_DATA_GROUPS = ("observed_data", "log_likelihood", "posterior_predictive", "prior_predictive")
+
+
+def _joint_data(factors: Sequence[Factor], trees: Sequence[Any]) -> dict[str, Any]:
+    """W's data groups as one model's: ``<site>.y`` along W's outputs, ``<site>.x`` along W's inputs.
+
+    The factors are fitted to the same rows, so each group's variable is the factors' joined
+    along ``output`` (in W's order) and a draw of W is the same draw of every factor (they
+    are independent): ``az.loo`` and ``az.loo_pit`` read the file as any model's. Empty when
+    the factors' groups do not line up (other rows or draw counts); the caller then keeps
+    each factor's data under its own names.
+    """
+    import xarray as xr
+
+    order = np.argsort([o for f in factors for o in f.outputs])
+    out: dict[str, Any] = {}
+    for name in _DATA_GROUPS:
+        parts = [t[name].to_dataset() for t in trees if name in t.children]
+        if not parts:
+            continue
+        if len(parts) != len(trees) or any(list(ds.data_vars) != list(parts[0].data_vars) or len(ds.data_vars) != 1
+                                           for ds in parts):
+            return {}
+        sizes = [{d: n for d, n in ds.sizes.items() if d != "output"} for ds in parts]
+        if any(s != sizes[0] or "output" not in ds.dims for s, ds in zip(sizes, parts)):
+            return {}
+        joined = xr.concat(parts, dim="output", join="override", coords="minimal", compat="override")
+        out[name] = joined.isel(output=order)
+    x_parts = [t["constant_data"].to_dataset() for t in trees if "constant_data" in t.children]
+    if len(x_parts) == len(trees) and all(len(ds.data_vars) == 1 and "feature" in ds.dims for ds in x_parts):
+        var = next(iter(x_parts[0].data_vars))
+        columns: dict[int, Any] = {}
+        for f, ds in zip(factors, x_parts):
+            for pos, i in enumerate(f.inputs):
+                columns.setdefault(i, ds[var].isel(feature=pos))
+        if "observed_data" in out and all(c.sizes.get("obs") == out["observed_data"].sizes["obs"]
+                                          for c in columns.values()):
+            ordered = [columns[i] for i in sorted(columns)]
+            joined = xr.concat(ordered, dim="feature", coords="minimal", compat="override")
+            out["constant_data"] = joined.transpose("obs", "feature").to_dataset()
+    return out
 
 
 def _plain(v: Any) -> Any:
