@@ -115,6 +115,7 @@ def prior_check(
     from priorguard.analysis.prior_check import write_prior_check, write_prior_check_points
     from priorguard.experiments.context import world_outputs
     from priorguard.experiments.env_spec import info_with_ranges
+    from priorguard.experiments.runner import training_sets_of
 
     info = info_with_ranges(loaded, seed)
     world_columns = world_outputs(loaded, list(info.feature_names))
@@ -123,14 +124,13 @@ def prior_check(
         task = bar.add_task(f"prior check {loaded.name}", total=None)
         step = lambda s: bar.update(task, description=f"prior check: {s}")  # noqa: E731
         written = write_prior_check(loaded.model_roles(), info, out_dir, world_columns=world_columns, seed=seed,
-                                    num_draws=draws, on_step=step)
+                                    num_draws=draws, on_step=step, train=training_sets_of(loaded, seed, step))
         points = [(o, r.model_roles(), world_outputs(r, list(info.feature_names)))
                   for o, r, _ in loaded.model_copy(update={"seeds": [0]}).expand()]
         if len(points) > 1:  # the sweep's points side by side
             written += write_prior_check_points(points, info, out_dir, seed=seed, num_draws=draws, on_step=step)
     out.print(f"[green]wrote[/] {len(written)} file(s) to {out_dir}:")
-    for path in written:
-        out.print(f"  {path}", highlight=False)
+    out.print("\n".join(f"  {path}" for path in written), highlight=False)
 
 
 @app.command()

@@ -33,11 +33,17 @@ def test_prior_check_writes_datatrees_and_plots(tmp_path):
     assert ls.dims == ("chain", "draw", "output", "terminal.kernel.lengthscale.feature") and ls.shape == (1, 12, 1, 2)
     assert list(ls["output"].values) == ["value"] and np.all(ls.values > 0)
     assert list(ls["terminal.kernel.lengthscale.feature"].values) == ["coin_dx", "agent_x"]
-    assert {"terminal.f", "terminal.y"} <= set(dt["prior_predictive"].data_vars)
-    f = dt["prior_predictive"]["terminal.f"]
+    assert {"terminal.f", "terminal.y"} <= set(dt["prior_slices"].data_vars)
+    f = dt["prior_slices"]["terminal.f"]
     assert f.sizes["feature"] == 2 and f.sizes["draw"] == 12
     assert list(f["feature"].values) == ["coin_dx", "agent_x"]
-    x = dt["prior_predictive"]["x"]  # the slices' points in feature units: coin_dx spans -9 .. 9
+    # the prior predictive check at the train split's inputs, as a run file holds it
+    observed = dt["observed_data"]["terminal.y"]
+    drawn = dt["prior_predictive"]["terminal.y"]
+    assert drawn.dims == ("chain", "draw", "obs", "output") and drawn.shape == (1, 12, *observed.shape)
+    assert dt["constant_data"]["terminal.x"].dims == ("obs", "feature") and observed.sizes["obs"] > 10
+    assert list(dt["constant_data"]["feature"].values) == ["coin_dx", "agent_x"]
+    x = dt["prior_slices"]["x"]  # the slices' points in feature units: coin_dx spans -9 .. 9
     assert x.dims == ("feature", "grid") and float(x[0].min()) < -1 < 1 < float(x[0].max())
     # functions vary along the grid (a draw is a function, not a constant)
     assert float(np.std(f.values[0, :, 0, :, 0], axis=-1).max()) > 1e-3
@@ -67,15 +73,26 @@ def test_prior_check_draws_every_shipped_experiments_priors(name, tmp_path):
     from priorguard.experiments.catalog import load_spec
     from priorguard.experiments.context import world_outputs
     from priorguard.experiments.env_spec import info_with_ranges
+    from priorguard.experiments.runner import training_sets_of
 
     spec = load_spec(name)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"train_episodes": 3, "max_points": 100})})
     info = info_with_ranges(spec)
-    written = write_prior_check(spec.model_roles(), info, tmp_path, seed=0, num_draws=3,
+    train = training_sets_of(spec, 0)
+    written = write_prior_check(spec.model_roles(), info, tmp_path, seed=0, num_draws=3, train=train,
                                 world_columns=world_outputs(spec, list(info.feature_names)))
     for role in spec.model_roles():
         dt = read_datatree(tmp_path / f"prior_{role}.nc")
-        draws = dt["prior_predictive"]
+        draws = dt["prior_slices"]
         assert all(np.isfinite(draws[v].values).all() for v in draws.data_vars), role
+        if role in train:  # T, W, D: the data each prior draw gives at the training inputs, W's outputs in order
+            observed = dt["observed_data"].to_dataset()
+            site = next(iter(observed.data_vars))
+            assert site == f"{role}.y" and list(dt["prior_predictive"].data_vars) == [site]
+            assert dt["prior_predictive"][site].shape[2:] == observed[site].shape
+            assert np.isfinite(dt["prior_predictive"][site].values).all(), role
+            if role == "world":
+                assert list(observed["output"].values) == train["world"].kwargs["output_names"]
         # the prior's variables along the run files' named dims (feature, hidden<i>, output, ...)
         prior = dt["prior"]
         unnamed = [(v, d) for v in prior.data_vars for d in prior[v].dims if "_dim" in d]

@@ -3,15 +3,18 @@
 For every role (T, W, I, D) of a spec this draws hyperparameters (or weights)
 from the declared priors and, from them, functions over the declared feature
 ranges: one-dimensional slices through the centre of the input box, one per
-feature. Structure and depth priors are reported as bar charts. Results are an
-ArviZ DataTree per role (groups ``prior``, ``prior_predictive``) written to
-netCDF, plus PNG plots.
+feature. Structure and depth priors are reported as bar charts. Given the train
+split (``priorguard prior-check`` collects it as a run would), the data each prior
+draw gives at the training inputs too: the prior predictive check a run file's
+``prior_predictive`` group holds. Results are an ArviZ DataTree per role (see
+:func:`to_datatree`) written to netCDF, plus PNG plots.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,31 +218,41 @@ def prior_draws(roles: Mapping[str, ModelSpec], info: Any, *, world_columns: Seq
     return out
 
 
-def to_datatree(rp: RolePrior) -> Any:
-    """An ArviZ DataTree with ``prior`` (hyperparameters) and ``prior_predictive`` groups.
+def to_datatree(rp: RolePrior, at_inputs: Any = None) -> Any:
+    """An ArviZ DataTree of a role's prior, named as a run's file names it.
 
-    Named as a run's file names them: the hyperparameters as in its ``prior`` group (a GP's
-    dims ``(chain, draw, output[, <site>.feature])``), and the draws ``<role>.y`` (with noise)
-    and ``<role>.f`` (the function), here along ``(feature, grid, output)``: each feature's
-    slice through the input box, the others at the middle, instead of a run's ``obs``.
+    Groups: ``prior_slices`` holds the drawn functions ``<role>.f`` and the draws with noise
+    ``<role>.y`` along ``(feature, grid, output)`` -- each feature's slice through the input
+    box, the others at the middle -- with each slice's points in feature units (coordinate
+    ``x``). With ``at_inputs`` (:func:`priorguard.models.prior_groups.prior_tree` of the
+    training data), its ``prior``, ``prior_predictive`` (data each prior draw gives at the
+    training inputs, over ``(obs, output)``), ``observed_data`` and ``constant_data``: the
+    run file's prior side, so ``plot_ppc_dist(dt, group="prior_predictive")`` is the prior
+    predictive check. Without, ``prior`` holds the slices' own hyperparameter draws (a GP's
+    dims ``(chain, draw, output[, <site>.feature])``).
     """
     import arviz as az
 
     from priorguard.priors.sites import variable as site_var
 
     var = site_var(rp.role)
-    groups: dict[str, Any] = {"prior_predictive": {f"{var}.f": rp.latent[None], f"{var}.y": rp.observed[None]}}
-    dims: dict[str, list[str]] = {name: ["feature", "grid", "output"] for name in groups["prior_predictive"]}
+    groups: dict[str, Any] = {"prior_slices": {f"{var}.f": rp.latent[None], f"{var}.y": rp.observed[None]}}
+    dims: dict[str, list[str]] = {name: ["feature", "grid", "output"] for name in groups["prior_slices"]}
     if rp.prior_group is None:
         groups["prior"] = {site_var(k): v[None] for k, v in rp.hyper.items()}
         dims.update({k: [f"{k}_dim{i}" for i in range(v.ndim - 2)] for k, v in groups["prior"].items()})
     coords = {"feature": rp.feature_names, "grid": rp.grid, "output": rp.output_names}
-    dt = az.from_dict(groups, sample_dims=["chain", "draw"], dims=dims, coords=coords)
+    with warnings.catch_warnings():  # ArviZ does not know the group name prior_slices
+        warnings.simplefilter("ignore", UserWarning)
+        dt = az.from_dict(groups, sample_dims=["chain", "draw"], dims=dims, coords=coords)
     if rp.prior_group is not None:
         dt["prior"] = rp.prior_group
     # where each slice's points lie along their feature, in the feature's own units
     x = np.stack([_feature_units(rp, f) for f in range(len(rp.feature_names))])
-    dt["prior_predictive"] = dt["prior_predictive"].to_dataset().assign_coords(x=(("feature", "grid"), x))
+    dt["prior_slices"] = dt["prior_slices"].to_dataset().assign_coords(x=(("feature", "grid"), x))
+    if at_inputs is not None:
+        for name in at_inputs.children:
+            dt[name] = at_inputs[name].to_dataset()
     return dt
 
 
@@ -298,12 +311,20 @@ def plot_bars(title: str, bars: list[tuple[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+#: folded into the seed's key for the draws at the training inputs (role i gets this + i)
+_AT_INPUTS_STREAM = 0xDA7A
+
+
 def write_prior_check(roles: Mapping[str, ModelSpec], info: Any, out_dir: Path, *, world_columns: Sequence[int],
-                      seed: int = 0, num_draws: int = 50,
-                      on_step: Callable[[str], None] | None = None) -> list[Path]:
+                      seed: int = 0, num_draws: int = 50, on_step: Callable[[str], None] | None = None,
+                      train: Mapping[str, Any] | None = None) -> list[Path]:
     """Runs the prior check and writes netCDF + PNG files into ``out_dir``.
 
-    ``roles``, ``info`` and ``world_columns`` are as in :func:`prior_draws`.
+    ``roles``, ``info`` and ``world_columns`` are as in :func:`prior_draws`. ``train``: role ->
+    what a run fits that role to (``spec``, ``data``, ``kwargs`` as
+    :func:`~priorguard.models.roles.fit_role` takes them; ``priorguard prior-check`` collects the
+    train split as a run with the same seed does): those roles' files also get the prior
+    predictive at the training inputs (see :func:`to_datatree`).
 
     Files are made in a temporary folder and moved in only when all succeeded.
 
@@ -318,10 +339,17 @@ def write_prior_check(roles: Mapping[str, ModelSpec], info: Any, out_dir: Path, 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".prior-check-", dir=out_dir.parent))
     try:
-        for role, rp in draws.items():
+        for i, (role, rp) in enumerate(draws.items()):
             if on_step:
                 on_step(f"write {role}")
-            write_datatree(to_datatree(rp), tmp / f"prior_{role}.nc")
+            at_inputs = None
+            if train is not None and role in train:
+                from priorguard.models.prior_groups import prior_tree
+
+                rd = train[role]
+                at_inputs = prior_tree(rd.spec, rd.data, key=jax.random.fold_in(jax.random.key(seed), _AT_INPUTS_STREAM + i),
+                                       role=role, draws=num_draws, **rd.kwargs)
+            write_datatree(to_datatree(rp, at_inputs), tmp / f"prior_{role}.nc")
             plot_role(rp, tmp / f"prior_{role}.png")
             for name, bars in rp.bars.items():
                 plot_bars(f"{role}: {name} prior", bars, tmp / f"prior_{role}_{name}.png")

@@ -6,6 +6,7 @@ I, fitted against A through W, is :mod:`priorguard.experiments.instrumental`.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from priorguard.experiments.context import RunContext
 from priorguard.experiments.data import Transitions, encode_actions, subsample, termination_data
-from priorguard.models.base import FunctionDraws, Posterior, as_data
+from priorguard.models.base import Data, FunctionDraws, Posterior, as_data
 from priorguard.models.roles import fit_role, role_inputs
 from priorguard.planners.worlds import PlanningModels
 from priorguard.planners.proposals import (
@@ -78,32 +79,35 @@ def select_columns(draws: FunctionDraws, columns: tuple[int, ...], width: int) -
 
 
 
-def fit_models(ctx: RunContext, data: Transitions, keys: dict[str, Any]) -> tuple[dict[str, Posterior], np.ndarray]:
-    """Fits T, W and (when the spec has one) D on the train split's fit episodes.
+@dataclasses.dataclass(frozen=True)
+class RoleData:
+    """What one role is fitted to: its spec, data and key, and :func:`fit_role`'s keyword arguments."""
+
+    spec: Any
+    data: Data
+    key: Any
+    kwargs: dict[str, Any]
+
+
+def training_sets(ctx: RunContext, data: Transitions, keys: dict[str, Any]) -> tuple[dict[str, RoleData], np.ndarray]:
+    """T's, W's and (when the spec has one) D's training data from the train split's fit episodes.
 
     Returns:
-        ``(posteriors, train_states)``: role -> posterior, and every visited state with a
+        ``(sets, train_states)``: role -> :class:`RoleData`, and every visited state with a
         rater label (T's inputs before subsampling, all feature columns) ``[M, F]``.
     """
     spec = ctx.spec
-    posteriors: dict[str, Posterior] = {}
     cap = spec.data.max_points
-
-    ctx.progress("fit T (terminal value)")
-    t0 = time.perf_counter()
+    sets: dict[str, RoleData] = {}
     cols = role_inputs(spec.terminal, ctx.features)
     x_states = np.concatenate([data.obs[:1], data.next_obs])  # every visited state has a rater label
     y_states = np.concatenate([[np.nan], data.rater])
     keep = np.isfinite(y_states)
     x_states, y_states = x_states[keep], y_states[keep]
     idx = subsample(len(x_states), cap, jax.random.fold_in(keys["t"], 1))
-    posteriors["terminal"] = fit_role(
-        spec.terminal, as_data(x_states[idx][:, cols], y_states[idx]), key=keys["t"], role="terminal",
-        feature_names=[ctx.features[c] for c in cols], feature_ranges=[ctx.ranges[c] for c in cols])
-    ctx.timings["fit_terminal_s"] = time.perf_counter() - t0
+    sets["terminal"] = RoleData(spec.terminal, as_data(x_states[idx][:, cols], y_states[idx]), keys["t"], {
+        "feature_names": [ctx.features[c] for c in cols], "feature_ranges": [ctx.ranges[c] for c in cols]})
 
-    ctx.progress("fit W (world model)")
-    t0 = time.perf_counter()
     wcols = role_inputs(spec.world, ctx.features)
     enc = encode_actions(data.action, ctx.info.num_actions)
     x_w = np.concatenate([data.obs[:, wcols], enc], axis=1)
@@ -112,24 +116,42 @@ def fit_models(ctx: RunContext, data: Transitions, keys: dict[str, Any]) -> tupl
     action_names = list(ctx.info.action_input_names)
     action_ranges = ([(0.0, 1.0)] * enc.shape[1] if ctx.discrete
                      else list(zip(ctx.info.action_low.tolist(), ctx.info.action_high.tolist())))
-    posteriors["world"] = fit_role(
-        spec.world, as_data(x_w[idx], y_w[idx]), key=keys["w"], role="world",
-        feature_names=[ctx.features[c] for c in wcols] + action_names,
-        feature_ranges=[ctx.ranges[c] for c in wcols] + action_ranges,
-        output_names=[f"delta_{ctx.features[c]}" for c in ctx.world_columns], num_action_columns=len(action_names))
-    ctx.timings["fit_world_s"] = time.perf_counter() - t0
+    sets["world"] = RoleData(spec.world, as_data(x_w[idx], y_w[idx]), keys["w"], {
+        "feature_names": [ctx.features[c] for c in wcols] + action_names,
+        "feature_ranges": [ctx.ranges[c] for c in wcols] + action_ranges,
+        "output_names": [f"delta_{ctx.features[c]}" for c in ctx.world_columns],
+        "num_action_columns": len(action_names)})
 
     if spec.termination is not None:
-        ctx.progress("fit D (termination)")
-        t0 = time.perf_counter()
         dcols = role_inputs(spec.termination, ctx.features)
         x_d, y_d = termination_data(data)
         idx = subsample(len(x_d), cap, jax.random.fold_in(keys["w"], TERMINATION_STREAM + 1))
-        posteriors["termination"] = fit_role(
-            spec.termination, as_data(x_d[idx][:, dcols], y_d[idx]),
-            key=jax.random.fold_in(keys["w"], TERMINATION_STREAM), role="termination",
-            feature_names=[ctx.features[c] for c in dcols], feature_ranges=[ctx.ranges[c] for c in dcols])
-        ctx.timings["fit_termination_s"] = time.perf_counter() - t0
+        sets["termination"] = RoleData(
+            spec.termination, as_data(x_d[idx][:, dcols], y_d[idx]), jax.random.fold_in(keys["w"], TERMINATION_STREAM),
+            {"feature_names": [ctx.features[c] for c in dcols], "feature_ranges": [ctx.ranges[c] for c in dcols]})
+    return sets, x_states
+
+
+#: role -> (progress label, timing name) of its fit
+_FIT_STEPS = {"terminal": ("fit T (terminal value)", "fit_terminal_s"), "world": ("fit W (world model)", "fit_world_s"),
+              "termination": ("fit D (termination)", "fit_termination_s")}
+
+
+def fit_models(ctx: RunContext, data: Transitions, keys: dict[str, Any]) -> tuple[dict[str, Posterior], np.ndarray]:
+    """Fits T, W and (when the spec has one) D on the train split's fit episodes.
+
+    Returns:
+        ``(posteriors, train_states)``: role -> posterior, and every visited state with a
+        rater label (T's inputs before subsampling, all feature columns) ``[M, F]``.
+    """
+    sets, x_states = training_sets(ctx, data, keys)
+    posteriors: dict[str, Posterior] = {}
+    for role, rd in sets.items():
+        label, timing = _FIT_STEPS[role]
+        ctx.progress(label)
+        t0 = time.perf_counter()
+        posteriors[role] = fit_role(rd.spec, rd.data, key=rd.key, role=role, **rd.kwargs)
+        ctx.timings[timing] = time.perf_counter() - t0
     return posteriors, x_states
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from priorguard.experiments.assemble import fit_models, planning_models
+from priorguard.experiments.assemble import fit_models, planning_models, training_sets
 from priorguard.experiments.audit import audit
 from priorguard.experiments.calibrate import veto_rule
 from priorguard.experiments.context import Progress, RunContext
@@ -179,6 +179,16 @@ class Runner:
                             curves={"deploy_values": deploy["values"],
                                     **({"oracle_values": oracle["values"]} if oracle is not None else {}),
                                     "audit": audit_out})
+
+
+def training_sets_of(spec: ExperimentSpec, seed: int, progress: Progress | None = None) -> dict[str, Any]:
+    """What a run of ``spec`` with ``seed`` fits T, W and D to (role -> :class:`RoleData`), without
+    fitting: the train split collected and split as the run does it."""
+    runner = Runner(spec, seed, progress=progress)
+    keys = runner.keys()
+    runner.ctx.progress("collect the train split")
+    fit_data, _ = runner.train_data(keys)
+    return training_sets(runner.ctx, fit_data, keys)[0]
 
 
 def run_experiment(spec: ExperimentSpec, seed: int, *, progress: Progress | None = None) -> RunArtifacts:
