@@ -116,3 +116,32 @@ def test_white_noise_kernels_have_no_state_level_score():
                         feature_ranges=list(zip(LOW, HIGH)), standardize=True)
     assert leave_one_state_out(post.state) is None
     assert "elpd_loso" not in post.to_datatree().attrs
+
+
+@pytest.mark.parametrize("noise", [0.2, 0.02])
+def test_leave_one_out_of_repeated_inputs_computed_on_their_groups_is_per_observation_loo(noise):
+    """loo_from_theta works on the unique inputs where inputs repeat; each row's LOO residual
+    and variance are those of the full per-observation system (held out by brute force)."""
+    from priorguard.models.gp.data import group_repeated_inputs
+    from priorguard.models.gp.loo import loo_from_theta
+
+    counts = [1, 7, 3, 12, 1, 9, 4, 6]
+    states = LOW + (HIGH - LOW) * RNG.random((len(counts), 2))
+    x = np.repeat(states, counts, axis=0)
+    y = 40.0 + 8.0 * np.cos(x[:, 0]) + 0.5 * x[:, 1] + 0.3 * RNG.standard_normal(len(x))
+    perm = RNG.permutation(len(x))
+    x, y = x[perm], y[perm]
+    ls = np.array([0.4, 0.7])
+    st = condition(x, y, ls, noise=noise).state
+    assert group_repeated_inputs(st.program, np.asarray(st.x), np.asarray(st.y)) is not None  # the grouped path
+    resid, var = loo_from_theta(st.program, moments=True)(st.theta, st.x, st.y, st.y_scale)
+    resid, var = np.asarray(resid)[0, 0], np.asarray(var)[0, 0]
+    u, yt = model_units(condition(x, y, ls, noise=noise), x, y)
+    k = np_rbf(u, u, ls, 1.0) + noise**2 * np.eye(len(u))
+    for i in range(len(u)):
+        b = np.arange(len(u)) != i
+        w = np.linalg.solve(k[np.ix_(b, b)], k[b, i])
+        mu, v = w @ yt[b], k[i, i] - k[i, b] @ w
+        np.testing.assert_allclose([resid[i], var[i]], [yt[i] - mu, v], rtol=1e-7, atol=1e-10)
+    dens = np.asarray(loo_from_theta(st.program, per_output=True)(st.theta, st.x, st.y, st.y_scale))
+    assert dens.shape == (1, len(u), 1) and np.all(np.isfinite(dens))

@@ -52,7 +52,7 @@ from priorguard.models.gp.data import (
 )
 from priorguard.models.gp.draws import ExactDrawFn, basis_params, exact_draw_params
 from priorguard.models.gp.kernels import GPProgram, compile_program
-from priorguard.models.gp.loo import exact_loo
+from priorguard.models.gp.loo import loo_from_theta
 from priorguard.models.gp.objective import MapResult, fit_map, gp_model, map_objective, theta_from_sites
 from priorguard.models.gp.state import (
     ExactGPState,
@@ -194,7 +194,8 @@ class GPPosterior(eqx.Module):
 
     def loo_log_density(self) -> Float[Array, "S N"]:
         """Exact leave-one-out ``log p(y_i | y_-i, theta_s)`` per used sample (raw units)."""
-        return exact_loo(self.state)
+        st = self.state
+        return loo_from_theta(st.program)(st.theta, st.x, st.y, st.y_scale)
 
 
 

@@ -20,7 +20,7 @@ from priorguard.models import datatree
 from priorguard.models.gp.data import Prepared
 from priorguard.models.gp.kernels import GPProgram
 from priorguard.models.gp.laplace import laplace_loo_draws
-from priorguard.models.gp.loo import exact_loo, leave_one_state_out, loo_density, loo_from_theta, loo_replicates
+from priorguard.models.gp.loo import leave_one_state_out, loo_density, loo_from_theta, loo_replicates
 from priorguard.models.gp.objective import theta_from_sites
 from priorguard.models.gp.state import exact_components, mixture_moments
 from priorguard.priors import sites
@@ -145,7 +145,7 @@ def exact_datatree(post: Any, *, ppc_draws: int = 100) -> Any:
         theta = theta_from_sites(st.program, flat, (c * s, prep.num_outputs))
         moments = (c, s, loo_from_theta(st.program, moments=True)(theta, st.x, st.y, st.y_scale))
     else:
-        loo = np.asarray(exact_loo(st, per_output=True))[None]  # [1, 1, N, O]
+        loo = np.asarray(loo_from_theta(st.program, per_output=True)(st.theta, st.x, st.y, st.y_scale))[None]
     laplace: dict[str, Any] = {}
     if record.method in ("map", "ml2") and np.size(record.optimizer.get("u_flat", ())) > 0:
         # draws from the Laplace approximation, so that az.loo / az.compare see a posterior sample

@@ -64,31 +64,83 @@ def loo_replicates(resid: Any, var: Any, raw_y: Any, y_scale: Any, key: Any) -> 
 
 
 def loo_from_theta(program: GPProgram, *, per_output: bool = False, moments: bool = False) -> Any:
-    """Compiled ``(theta [K, O, ...], x, y) -> [K, N]`` exact LOO log densities (no factor kept;
+    """``(theta [K, O, ...], x, y, y_scale) -> [K, N]`` exact LOO log densities (no factor kept;
     ``per_output``: ``[K, N, O]``; ``moments``: the residuals ``y_i - mu_-i`` and variances
-    ``[K, O, N]`` in model units instead, see :func:`loo_density`)."""
+    ``[K, O, N]`` in model units instead, see :func:`loo_density`).
+
+    Where inputs repeat (:func:`~priorguard.models.gp.data.group_repeated_inputs`), the same
+    numbers come from the GP on the U unique inputs (:func:`_grouped_loo_one`): ``O(U^3 + N)``
+    per draw instead of ``O(N^3)``. ``x`` and ``y`` must be concrete (they are grouped on the host).
+    """
     program = program.anonymous()  # feature names do not change the computation
+    full = cached_program(("gp/loo_samples", program, per_output, moments),
+                          lambda: _loo_program(program, per_output, moments, grouped=False))
+    grouped = cached_program(("gp/loo_grouped", program, per_output, moments),
+                             lambda: _loo_program(program, per_output, moments, grouped=True))
 
-    def build() -> Any:
-        def one(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array]:
-            k = program.training_covariance(theta, x)
-            chol, _ = cholesky_with_jitter(k)
-            alpha = jax.scipy.linalg.cho_solve((chol, True), y - program.mean_value(theta))
-            return _exact_loo_one(chol, alpha)
+    def call(theta: Mapping[str, Array], x: Any, y: Any, y_scale: Any) -> Any:
+        x_np, y_np = np.asarray(x), np.asarray(y)
+        groups = group_repeated_inputs(program, x_np, y_np)
+        if groups is None:
+            return full(dict(theta), x, y, y_scale)
+        xu, g = groups
+        inverse = np.unique(x_np, axis=0, return_inverse=True)[1].reshape(-1)  # the rows' groups, as grouped
+        return grouped(dict(theta), (jnp.asarray(xu), jnp.asarray(g.counts), jnp.asarray(g.mean),
+                                     jnp.asarray(inverse)), jnp.asarray(y_np), y_scale)
 
-        def run(theta: Mapping[str, Array], x: Array, y: Array, y_scale: Array) -> Array:
-            count_trace("gp/loo_samples")
-            flat, s, o = flat_draws(program, theta)
+    return call
+
+
+def _loo_program(program: GPProgram, per_output: bool, moments: bool, *, grouped: bool) -> Any:
+    def one(theta: Mapping[str, Array], x: Any, y: Array) -> tuple[Array, Array]:
+        if grouped:
+            return _grouped_loo_one(program, theta, *x, y)
+        k = program.training_covariance(theta, x)
+        chol, _ = cholesky_with_jitter(k)
+        alpha = jax.scipy.linalg.cho_solve((chol, True), y - program.mean_value(theta))
+        return _exact_loo_one(chol, alpha)
+
+    def run(theta: Mapping[str, Array], x: Any, y: Array, y_scale: Array) -> Any:
+        count_trace("gp/loo_grouped" if grouped else "gp/loo_samples")
+        flat, s, o = flat_draws(program, theta)
+        n = y.shape[0]
+        if grouped:  # each output's group averages travel with its draws
+            xu, counts, ybar, inverse = x
+            resid, var = map_unbatched(lambda th, yy, yb: one(th, (xu, counts, yb, inverse), yy), flat,
+                                       jnp.tile(y.T, (s, 1)), jnp.tile(ybar.T, (s, 1)))
+        else:
             resid, var = map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
-            n = x.shape[0]
-            if moments:
-                return resid.reshape(s, o, n), var.reshape(s, o, n)
-            return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale, per_output)
+        if moments:
+            return resid.reshape(s, o, n), var.reshape(s, o, n)
+        return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), y_scale, per_output)
 
-        return jax.jit(run)
+    return jax.jit(run)
 
-    return cached_program(("gp/loo_samples", program, per_output, moments), build)
 
+def _grouped_loo_one(program: GPProgram, theta: Mapping[str, Array], xu: Array, counts: Array, ybar: Array,
+                     inverse: Array, y: Array) -> tuple[Array, Array]:
+    """Exact LOO residuals and variances ``([N], [N])`` of one output, from the GP on group averages.
+
+    With ``Z`` the rows' group indicator, ``n`` the group sizes and ``A = K_UU + s^2 diag(1/n)``
+    the system on the averages (:func:`~priorguard.models.gp.objective.grouped_system`), the
+    rows' covariance ``K = Z K_UU Z^T + s^2 I`` has the inverse
+    ``(I - Z diag(1/n) Z^T) / s^2 + Z diag(1/n) A^-1 diag(1/n) Z^T`` (deviations from a group's
+    average are independent noise; the averages are a GP with noise ``s^2 / n``). So for row
+    ``i`` of group ``u``: ``[K^-1]_ii = (1 - 1/n_u) / s^2 + [A^-1]_uu / n_u^2`` and
+    ``[K^-1 (y - m)]_i = (y_i - ybar_u) / s^2 + [A^-1 (ybar - m)]_u / n_u``; the LOO identities
+    take it from there.
+    """
+    zeros = jnp.zeros_like(ybar)
+    k, centred, _, present = grouped_system(program, theta, xu, GroupedTargets(counts, ybar, zeros))
+    chol, _ = cholesky_with_jitter(k)
+    a = jax.scipy.linalg.cho_solve((chol, True), centred)
+    linv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[-1], dtype=chol.dtype), lower=True)
+    a_inv_diag = jnp.sum(linv * linv, axis=0)
+    noise2 = theta[program.noise.site] ** 2
+    n = jnp.where(present, counts, 1.0)[inverse]
+    kinv_diag = (1.0 - 1.0 / n) / noise2 + a_inv_diag[inverse] / n**2
+    kinv_y = (y - ybar[inverse]) / noise2 + a[inverse] / n
+    return kinv_y / kinv_diag, 1.0 / kinv_diag
 
 
 def _loso_one(program: GPProgram, theta: Mapping[str, Array], xu: Array, y: GroupedTargets) -> tuple[Array, Array]:
