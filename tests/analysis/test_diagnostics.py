@@ -74,6 +74,18 @@ def test_auroc_reference_values():
     assert a == pytest.approx(0.7602, abs=0.01)
 
 
+def test_auroc_counts_scores_equal_up_to_rounding_as_ties():
+    """A GP equally sure of two states gives stds that differ in the 12th digit, either way round
+    (coin-shift's T: 0.0010726408392995 on deploy, 0.0010726408393325 on train); which rounding
+    puts first must not move the AUROC."""
+    sure = 1.0726408393e-3
+    for noise in (3e-14, -3e-14):
+        pos, neg = [sure, 0.40], [sure + noise, 0.0028, 0.0033]
+        assert auroc(pos, neg) == pytest.approx((0.5 + 0 + 0 + 1 + 1 + 1) / 6)  # the near-equal pair: one half
+    assert auroc([sure * (1 + 1e-6)], [sure]) == 1.0  # a real difference still counts
+    assert np.isnan(auroc([np.nan, 1.0], [0.5]))
+
+
 def test_netcdf_round_trip(tmp_path):
     rng = np.random.default_rng(5)
     dt = tree({"a": rng.normal(size=(2, 10)), "b": rng.normal(size=(2, 10, 3))})

@@ -95,28 +95,44 @@ def test_a_draw_is_a_function():
 
 
 
-def test_repeated_inputs_collapse_to_the_same_draws():
-    """Thousands of visits to a few states: the draw basis shrinks to the unique rows, values unchanged."""
+def test_repeated_inputs_collapse_to_the_same_draws(monkeypatch):
+    """Thousands of visits to a few states: the GP is conditioned on the unique inputs (their average
+    targets, noise / count) and the draw basis is those inputs; predictions and draws are those of
+    the system over every row, whose update collapses to the unique rows afterwards."""
+    from priorguard.models.gp import state as state_module
     from priorguard.models.gp.data import collapse_duplicate_inputs
     from priorguard.models.gp.draws import ExactDrawFn
 
     states = RNG.random((7, 2))
     x = states[RNG.integers(0, 7, 300)]
     y = np.sin(3 * x[:, 0]) + 0.05 * RNG.standard_normal(300)
-    post = condition_gp(parse_kernel({"kind": "matern52", "lengthscale": 0.4, "variance": 1.0}),
-                        as_data(x, y), noise=0.1, feature_ranges=[(0, 1)] * 2)
+
+    def fit():
+        return condition_gp(parse_kernel({"kind": "matern52", "lengthscale": 0.4, "variance": 1.0}),
+                            as_data(x, y), noise=0.1, feature_ranges=[(0, 1)] * 2)
+
+    post = fit()
+    assert post.state.grouped and post.state.chol.shape[-1] == 7  # the system over the 7 unique inputs
     draws = post.sample_functions(jax.random.key(3), 6)
-    assert draws.params["basis"]["x_fit"].shape[1] == 8  # 7 unique rows padded to the bucket 8
+    assert draws.params["basis"]["x_fit"].shape[1] == 7
+    monkeypatch.setattr(state_module, "group_repeated_inputs", lambda *a, **k: None)
+    rows = fit()  # K + noise^2 I over all 300 rows
+    assert not rows.state.grouped and rows.state.chol.shape[-1] == 300
+    xq = jnp.asarray(RNG.random((9, 2)))
+    for a, b in zip(post.predict(xq), rows.predict(xq)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    row_draws = rows.sample_functions(jax.random.key(3), 6)
+    assert row_draws.params["basis"]["x_fit"].shape[1] == 8  # 7 unique rows padded to the bucket 8
+    np.testing.assert_allclose(draws(xq), row_draws(xq), rtol=1e-9, atol=1e-9)
     # the full update term k(x, X) v over every training row, recomputed without collapsing
-    full = exact_draw_params(post.state, jax.random.key(3), 6, 512, 6)
-    distinct = np.unique(np.asarray(post.state.x), axis=0)[:4]
+    full = exact_draw_params(rows.state, jax.random.key(3), 6, 512, 6)
+    distinct = np.unique(np.asarray(rows.state.x), axis=0)[:4]
     x_same, _ = collapse_duplicate_inputs(distinct, full["v"][..., :4])
     assert x_same is distinct  # nothing to collapse: returned as is
-    st = post.state
+    st = rows.state
     full["basis"] = {k: jnp.broadcast_to(v, (6, *jnp.shape(v))) for k, v in
                      {"x_fit": st.x, "low": st.low, "scale": st.scale, "y_mean": st.y_mean,
                       "y_scale": st.y_scale}.items()}
-    xq = jnp.asarray(RNG.random((9, 2)))
     reference = FunctionDraws(full, ExactDrawFn(st.program, 512, st.columns))(xq)
     np.testing.assert_allclose(draws(xq), reference, rtol=1e-9, atol=1e-9)
     # the draw function is a value: equal for two fits of the same model

@@ -133,23 +133,35 @@ def interval_coverage(y: Any, mean: Any, var: Any, *, level: float) -> float:
     return float(np.mean(np.abs(y - mean) <= half))
 
 
-def auroc(positive: Any, negative: Any) -> float:
+def auroc(positive: Any, negative: Any, *, rtol: float = 1e-9) -> float:
     """Area under the ROC curve of a score separating positives from negatives.
 
     Computed as the Mann-Whitney probability P(score_pos > score_neg) with ties
     counted one half. Used with epistemic std as the score, deploy-only states as
-    positives and train states as negatives.
+    positives and train states as negatives. Scores closer than ``rtol`` times the
+    largest magnitude are ties: two states a GP is equally sure of get stds that differ
+    by rounding error (a variance is a difference of nearly equal numbers), and which
+    one rounding puts first says nothing about the model.
 
     Example:
         >>> auroc([2.0, 3.0], [1.0, 2.0])
         0.875
+        >>> auroc([1.0 + 1e-13], [1.0])  # equal up to rounding: a tie
+        0.5
     """
     from scipy.stats import rankdata
 
     pos, neg = np.asarray(positive, float).ravel(), np.asarray(negative, float).ravel()
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    ranks = rankdata(np.concatenate([pos, neg]))
+    scores = np.concatenate([pos, neg])
+    if not np.all(np.isfinite(scores)):
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    tol = rtol * float(np.max(np.abs(scores)))
+    level = np.empty(scores.size)  # runs of sorted scores with gaps within tol share a level
+    level[order] = np.concatenate([[0], np.cumsum(np.diff(scores[order]) > tol)])
+    ranks = rankdata(level)
     u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
     return float(u / (pos.size * neg.size))
 

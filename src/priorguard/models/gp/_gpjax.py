@@ -167,10 +167,13 @@ def export_exact(state: Any, *, output: int = 0, sample: int | None = None) -> G
                else gpx.mean_functions.Constant(constant=theta[program.mean_constant.site]))
     # the jitter priorguard's Cholesky factor was made with (0 unless the Gram matrix needed one):
     # the diagonal of L L^T beyond the kernel's and the noise's
-    x = jnp.asarray(state.x, jnp.float64)
-    chol = jnp.asarray(state.chol[sample, output])
-    extra = jnp.sum(chol**2, axis=1) - jnp.diagonal(program.kernel.gram(theta, x, x, same=True))
-    jitter = max(float(jnp.mean(extra - theta[program.noise.site] ** 2)), 0.0)
+    if state.grouped:  # the factor is over the unique inputs: its jitter as recorded
+        jitter = max(float(state.jitter[sample, output]), 0.0)
+    else:
+        x = jnp.asarray(state.x, jnp.float64)
+        chol = jnp.asarray(state.chol[sample, output])
+        extra = jnp.sum(chol**2, axis=1) - jnp.diagonal(program.kernel.gram(theta, x, x, same=True))
+        jitter = max(float(jnp.mean(extra - theta[program.noise.site] ** 2)), 0.0)
     prior = gpx.gps.Prior(mean_function=mean_fn, kernel=to_gpjax_kernel(program.kernel, theta), jitter=jitter)
     model = prior * gpx.likelihoods.Gaussian(obs_stddev=theta[program.noise.site])
     dataset = gpx.Dataset(X=jnp.asarray(state.x, jnp.float64), y=jnp.asarray(state.y[:, output:output + 1],

@@ -69,6 +69,12 @@ def exact_draw_params(state: ExactGPState, key: PRNGKeyArray, n: int, per_block:
         parts = jax.tree_util.tree_map(lambda a: a.reshape(chunks * batch, *a.shape[2:]), parts)
     parts = jax.tree_util.tree_map(lambda a: a[:n], parts)
     resid = parts.pop("resid")  # [n, O, N]
+    if state.grouped:
+        # K^-1 r summed over an input's rows is A^-1 rbar: the system on the group averages
+        # (state.chol) times the residuals' group averages (see ExactGPState.basis)
+        size = state.basis.shape[0]
+        sums = jax.ops.segment_sum(jnp.moveaxis(resid, -1, 0), state.inverse, num_segments=size)
+        resid = jnp.moveaxis(sums, 0, -1) / jnp.where(state.counts > 0, state.counts, 1.0)
 
     def solve(chol: Array, r: Array) -> Array:
         return jax.scipy.linalg.cho_solve((chol, True), r)

@@ -154,7 +154,10 @@ class GPPosterior(eqx.Module):
         chunks = -(-n // cap)
         batch = -(-n // chunks)
         params = exact_draw_params(st, key, n, num_features, batch)
-        x_basis, params["v"] = collapse_duplicate_inputs(np.asarray(st.x), params["v"])
+        if st.grouped:  # the update is over the unique inputs already
+            x_basis = np.asarray(st.basis)
+        else:
+            x_basis, params["v"] = collapse_duplicate_inputs(np.asarray(st.x), params["v"])
         params["basis"] = basis_params(n, jnp.asarray(x_basis), st.low, st.scale, st.y_mean, st.y_scale)
         return FunctionDraws(params=params, apply_fn=ExactDrawFn(st.program.anonymous(), num_features, st.columns))
 
@@ -201,14 +204,15 @@ class GPPosterior(eqx.Module):
 
 def _build_posterior(program: GPProgram, prep: Prepared, theta: Mapping[str, Array], weights: np.ndarray,
                      record: FitRecord) -> GPPosterior:
-    chol, alpha, jitter = condition(program, theta, prep, stacklevel=4)
-    record.optimizer["jitter_max"] = float(np.max(np.asarray(jitter)))
-    record.optimizer["jitter"] = np.asarray(jitter)
+    f = condition(program, theta, prep, stacklevel=4)
+    record.optimizer["jitter_max"] = float(np.max(np.asarray(f.jitter)))
+    record.optimizer["jitter"] = np.asarray(f.jitter)
     state = ExactGPState(
         program=program, columns=prep.columns, x=jnp.asarray(prep.x), y=jnp.asarray(prep.y),
-        theta={k: jnp.asarray(v) for k, v in theta.items()}, chol=chol, alpha=alpha,
+        theta={k: jnp.asarray(v) for k, v in theta.items()}, chol=f.chol, alpha=f.alpha,
         weights=jnp.asarray(weights, dtype=jnp.float64), low=jnp.asarray(prep.low), scale=jnp.asarray(prep.scale),
         y_mean=jnp.asarray(prep.y_mean), y_scale=jnp.asarray(prep.y_scale),
+        basis=f.basis, counts=f.counts, inverse=f.inverse, jitter=f.jitter, grouped=f.grouped,
     )
     return GPPosterior(state=state, prep=prep, record=record)
 

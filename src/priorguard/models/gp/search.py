@@ -42,11 +42,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from priorguard._compile import count_trace
 from priorguard.models.base import Data, FunctionDraws, Prediction
 from priorguard.models.evidence import bic, laplace_log_evidence
-from priorguard.models.gp.data import Prepared, prepare_data
+from priorguard.models.gp.data import GroupedTargets, Prepared, prepare_data
 from priorguard.models.gp.exact import PREDICTIVE_STREAM, GPPosterior, posterior_from_map
 from priorguard.models.gp.groups import exact_datatree
 from priorguard.models.gp.kernels import compile_program
-from priorguard.models.gp.objective import MapObjective, fit_map, map_objective
+from priorguard.models.gp.objective import MapObjective, fit_map, log_likelihood, map_objective, objective_inputs
 from priorguard.models.gp.state import exact_components, mixture_log_density, mixture_moments
 from priorguard.priors.kernels import StructureSearch
 from priorguard.priors.models import NOISE_FLOOR, MapInference, NutsInference, SparseSpec
@@ -100,12 +100,18 @@ def _laplace(program: Any, prep: Prepared, u_flat: np.ndarray) -> tuple[float, i
 
 def _bic(program: Any, prep: Prepared, posterior: GPPosterior) -> float:
     st = posterior.state  # log p(y | theta*) from the factor the posterior already holds
-    chol, alpha = np.asarray(st.chol[0]), np.asarray(st.alpha[0])  # [O, N, N], [O, N]
-    mean = np.asarray(jnp.broadcast_to(
-        program.mean_value({k: v[0] for k, v in st.theta.items()}), (prep.num_outputs,)))
-    resid = prep.y.T - mean[:, None]
-    logdet = 2 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)))
-    mll = -0.5 * np.sum(resid * alpha) - 0.5 * logdet - 0.5 * prep.n * prep.num_outputs * math.log(2 * math.pi)
+    if st.grouped:  # the factor is over the group averages: the grouped marginal likelihood
+        x, y = objective_inputs(program, prep)
+        mll = sum(float(log_likelihood(program, {k: v[0, o] for k, v in st.theta.items()}, x,
+                                       GroupedTargets(y.counts, y.mean[:, o], y.scatter[:, o])))
+                  for o in range(prep.num_outputs))
+    else:
+        chol, alpha = np.asarray(st.chol[0]), np.asarray(st.alpha[0])  # [O, N, N], [O, N]
+        mean = np.asarray(jnp.broadcast_to(
+            program.mean_value({k: v[0] for k, v in st.theta.items()}), (prep.num_outputs,)))
+        resid = prep.y.T - mean[:, None]
+        logdet = 2 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)))
+        mll = -0.5 * np.sum(resid * alpha) - 0.5 * logdet - 0.5 * prep.n * prep.num_outputs * math.log(2 * math.pi)
     k = sum(int(np.prod(h.shape)) for h in program.free_hypers)
     return bic(mll, k * prep.num_outputs, prep.n)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -24,18 +24,19 @@ from jaxtyping import Array, Float
 
 from priorguard._compile import cached_program, count_trace
 from priorguard.models.base import Prediction
-from priorguard.models.gp.data import Prepared
+from priorguard.models.gp.data import GroupedTargets, Prepared, group_repeated_inputs
 from priorguard.models.gp.kernels import GPProgram
 from priorguard.models.gp.linalg import JITTER_LEVELS, GPNumericalError, cholesky_with_jitter, map_unbatched
+from priorguard.models.gp.objective import grouped_system
 
-__all__ = ["ExactGPState", "FitRecord", "JitterWarning", "condition", "mixture_log_density", "mixture_moments"]
+__all__ = ["ExactGPState", "Factors", "FitRecord", "JitterWarning", "condition", "mixture_log_density", "mixture_moments"]
 
 
 class JitterWarning(UserWarning):
     """A covariance matrix needed jitter on its diagonal to factorise."""
 
 
-def _conditioner(program: GPProgram) -> Any:
+def _conditioner(program: GPProgram, grouped: bool = False) -> Any:
     program = program.anonymous()  # feature names do not change the computation
 
     def build() -> Any:
@@ -46,27 +47,74 @@ def _conditioner(program: GPProgram) -> Any:
             alpha = jax.scipy.linalg.cho_solve((chol, True), y - program.mean_value(theta))
             return chol, alpha, jitter
 
-        def run(theta: Mapping[str, Array], x: Array, y: Array) -> tuple[Array, Array, Array]:
+        def one_grouped(theta: Mapping[str, Array], x: tuple[Array, Array], ybar: Array) -> tuple[Array, Array, Array]:
+            count_trace("gp/condition")
+            xu, counts = x
+            k, centred, _, _ = grouped_system(program, theta, xu, GroupedTargets(counts, ybar, jnp.zeros_like(ybar)))
+            chol, jitter = cholesky_with_jitter(k)
+            return chol, jax.scipy.linalg.cho_solve((chol, True), centred), jitter
+
+        def run(theta: Mapping[str, Array], x: Any, y: Array) -> tuple[Array, Array, Array]:
             flat, s, o = flat_draws(program, theta)
-            out = map_unbatched(lambda th, yy: one(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
+            fn = one_grouped if grouped else one
+            out = map_unbatched(lambda th, yy: fn(th, x, yy), flat, jnp.tile(y.T, (s, 1)))
             return jax.tree_util.tree_map(lambda a: a.reshape(s, o, *a.shape[1:]), out)
 
         return jax.jit(run)
 
-    return cached_program(("gp/condition", program), build)
+    return cached_program(("gp/condition_grouped" if grouped else "gp/condition", program), build)
+
+
+class Factors(NamedTuple):
+    """What :func:`condition` gives: the system over ``basis`` and its factor.
+
+    Attributes:
+        basis: ``[U, Dm]`` the inputs the factor is over: the training inputs, or (where
+            inputs repeat) the unique ones, padded to a shape bucket.
+        counts: ``[U]`` training rows at each basis input (0 on padding; all 1 ungrouped).
+        inverse: ``[N]`` each training row's basis input.
+        chol: ``[S, O, U, U]`` lower factor of the system (``K + noise^2 I`` over the rows,
+            or the GP on the group averages, ``K_UU + noise^2 diag(1 / counts)``).
+        alpha: ``[S, O, U]`` the system's inverse times the centred targets (or averages).
+        jitter: ``[S, O]`` the absolute jitter added to the system's diagonal.
+        grouped: whether the basis is the unique inputs.
+    """
+
+    basis: Array
+    counts: Array
+    inverse: Array
+    chol: Array
+    alpha: Array
+    jitter: Array
+    grouped: bool
 
 
 def condition(program: GPProgram, theta: Mapping[str, Array], prep: Prepared, *,
-              stacklevel: int = 3) -> tuple[Array, Array, Array]:
+              stacklevel: int = 3) -> Factors:
     """Factorises ``K + noise^2 I`` for every sample and output (``theta`` leaves ``[S, O, ...]``).
 
+    Where inputs repeat (:func:`~priorguard.models.gp.data.group_repeated_inputs`), the GP on
+    the unique inputs with their average targets and noise ``noise^2 / n``: the same posterior
+    over the latent function (the rows' deviations from their input's average carry no
+    information about it), at ``O(U^3)`` instead of ``O(N^3)``.
+
     Returns:
-        ``chol [S, O, N, N]``, ``alpha [S, O, N]``, ``jitter [S, O]``.
+        :class:`Factors`.
 
     Raises:
         GPNumericalError: the matrix stayed indefinite at the largest jitter.
     """
-    chol, alpha, jitter = _conditioner(program)(dict(theta), jnp.asarray(prep.x), jnp.asarray(prep.y))
+    x_rows, y_rows = np.asarray(prep.x), np.asarray(prep.y)
+    groups = group_repeated_inputs(program, x_rows, y_rows)
+    if groups is None:
+        basis, counts, inverse = x_rows, np.ones(len(x_rows)), np.arange(len(x_rows))
+        chol, alpha, jitter = _conditioner(program)(dict(theta), jnp.asarray(x_rows), jnp.asarray(y_rows))
+    else:
+        basis, g = groups
+        counts = np.asarray(g.counts)
+        inverse = np.unique(x_rows, axis=0, return_inverse=True)[1].reshape(-1)  # the rows' groups, as grouped
+        chol, alpha, jitter = _conditioner(program, grouped=True)(
+            dict(theta), (jnp.asarray(basis), jnp.asarray(counts)), jnp.asarray(g.mean))
     diag_ok = np.asarray(jnp.all(jnp.isfinite(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
     if not diag_ok.all():
         bad = np.argwhere(~diag_ok)[0]
@@ -84,7 +132,8 @@ def condition(program: GPProgram, theta: Mapping[str, Array], prep: Prepared, *,
             " inputs are nearly duplicated or the noise is tiny.",
             JitterWarning, stacklevel=stacklevel,
         )
-    return chol, alpha, jitter
+    return Factors(jnp.asarray(basis), jnp.asarray(counts, jnp.float64), jnp.asarray(inverse), chol, alpha, jitter,
+                   groups is not None)
 
 
 def flat_draws(program: GPProgram, theta: Mapping[str, Array]) -> tuple[dict[str, Array], int, int]:
@@ -105,13 +154,19 @@ class ExactGPState(eqx.Module):
     x: Float[Array, "N Dm"]
     y: Float[Array, "N O"]
     theta: dict[str, Array]
-    chol: Float[Array, "S O N N"]
-    alpha: Float[Array, "S O N"]
+    chol: Float[Array, "S O U U"]
+    alpha: Float[Array, "S O U"]
     weights: Float[Array, " S"]
     low: Float[Array, " Dm"]
     scale: Float[Array, " Dm"]
     y_mean: Float[Array, " O"]
     y_scale: Float[Array, " O"]
+    #: the factor's inputs and rows per input (see :class:`Factors`); ``x`` / ``y`` stay the rows
+    basis: Float[Array, "U Dm"]
+    counts: Float[Array, " U"]
+    inverse: Array
+    jitter: Float[Array, "S O"]
+    grouped: bool = eqx.field(static=True, default=False)
 
     def model_inputs(self, x: Float[Array, "M D"]) -> Float[Array, "M Dm"]:
         x = jnp.asarray(x, dtype=self.x.dtype)
@@ -119,10 +174,13 @@ class ExactGPState(eqx.Module):
 
 
 def _latent_moments(program: GPProgram, theta: Mapping[str, Array], chol: Array, alpha: Array, x_train: Array,
-                    xs: Array) -> tuple[Array, Array, Array]:
-    """Latent mean, latent variance and noise variance ``[M]`` of one sample and output."""
+                    xs: Array, present: Array | None = None) -> tuple[Array, Array, Array]:
+    """Latent mean, latent variance and noise variance ``[M]`` of one sample and output
+    (``present``: the basis rows that are not padding, where the basis is grouped)."""
     kernel = program.kernel
     kxs = kernel.gram(theta, x_train, xs, same=False)
+    if present is not None:  # padding rows of a grouped basis are outside the system
+        kxs = jnp.where(present[:, None], kxs, 0.0)
     mean = kxs.T @ alpha + program.mean_value(theta)
     v = jax.scipy.linalg.solve_triangular(chol, kxs, lower=True)
     prior_var = kernel.gram_diag(theta, xs, white=False)
@@ -139,8 +197,10 @@ def exact_components(state: ExactGPState, x: Array) -> tuple[Array, Array, Array
     count_trace("gp/predict")
     xs = state.model_inputs(x)
 
+    present = state.counts > 0 if state.grouped else None
+
     def one(theta: Any, chol: Array, alpha: Array) -> tuple[Array, Array, Array]:
-        return _latent_moments(state.program, theta, chol, alpha, state.x, xs)
+        return _latent_moments(state.program, theta, chol, alpha, state.basis, xs, present)
 
     s, o = state.alpha.shape[:2]
     flat = jax.tree_util.tree_map(lambda a: a.reshape(s * o, *a.shape[2:]), (state.theta, state.chol, state.alpha))
