@@ -133,6 +133,7 @@ def _fit_depth(spec: BNNModel, cfg: _NetConfig, xs: Array, ys: Array, scaling: _
                 " lower the learning rate or tighten the priors")
         best = int(np.argmin(np.where(ok, u, np.inf)))
         diagnostics["potential"] = float(u[best])
+        z = jax.tree_util.tree_map(np.asarray, z)  # slicing on the host: no program per leaf shape
         z_best = jax.tree_util.tree_map(lambda v: v[best], z)
         if isinstance(inf, MapInference):
             z = jax.tree_util.tree_map(lambda v: v[best:best + 1], z)
@@ -141,7 +142,7 @@ def _fit_depth(spec: BNNModel, cfg: _NetConfig, xs: Array, ys: Array, scaling: _
                           " and were dropped; lower inference.learning_rate", RuntimeWarning, stacklevel=3)
             keep = np.flatnonzero(ok)
             z = jax.tree_util.tree_map(lambda v: v[keep], z)
-        samples = jax.tree_util.tree_map(lambda v: v[None], progs.constrain()(z, xs, ys))
+        samples = jax.tree_util.tree_map(lambda v: np.asarray(v)[None], progs.constrain()(z, xs, ys))
         if want_evidence:
             lz, floored = progs.laplace()(z_best, xs, ys)
             log_z, method = float(lz), "laplace"
