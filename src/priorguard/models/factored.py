@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -296,6 +296,30 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def factor_parts(spec: Any, data: Data, *, key: PRNGKeyArray, feature_names: Sequence[str],
+                 feature_ranges: Sequence[tuple[float, float]] | None, output_names: Sequence[str],
+                 num_action_columns: int) -> Iterator[tuple[Factor, Any, Data, list[str], Any, PRNGKeyArray]]:
+    """Each factor of ``spec.parents`` with what a model of it is fitted to.
+
+    Yields ``(factor, spec, data, feature_names, feature_ranges, key)``: the spec without ``parents``
+    (a GP's kernel cut to the factor's inputs), the factor's columns of ``data``, its inputs' names and
+    ranges, and its key (``key`` folded with the factor's index). ``output_names`` name W's outputs as
+    ``parents`` does (no ``delta_`` prefix).
+    """
+    from priorguard.priors.models import GPModel
+
+    n_feat = len(feature_names) - num_action_columns
+    for i, f in enumerate(factor_groups(spec.parents, list(output_names), list(feature_names)[:n_feat],
+                                        num_action_columns)):
+        names = [feature_names[c] for c in f.inputs]
+        sub = spec.model_copy(update={"parents": None})
+        if isinstance(spec, GPModel):
+            sub = sub.model_copy(update={"kernel": restrict_kernel(spec.kernel, names, list(feature_names))})
+        part = Data(data.x[:, np.asarray(f.inputs)], data.y[:, np.asarray(f.outputs)])
+        ranges = None if feature_ranges is None else [feature_ranges[c] for c in f.inputs]
+        yield f, sub, part, names, ranges, jax.random.fold_in(key, i)
+
+
 def fit_factored(spec: Any, data: Data, *, fit: Callable[..., Posterior], key: PRNGKeyArray,
                  feature_names: Sequence[str], feature_ranges: Sequence[tuple[float, float]] | None,
                  output_names: Sequence[str], num_action_columns: int, **kwargs: Any) -> FactoredPosterior:
@@ -303,19 +327,10 @@ def fit_factored(spec: Any, data: Data, *, fit: Callable[..., Posterior], key: P
 
     ``output_names`` name W's outputs as ``parents`` does (``delta_`` prefixes removed by the caller).
     """
-    from priorguard.priors.models import GPModel
-
-    n_feat = len(feature_names) - num_action_columns
-    factors = factor_groups(spec.parents, output_names, feature_names[:n_feat], num_action_columns)
-    posteriors = []
-    for i, f in enumerate(factors):
-        names = [feature_names[c] for c in f.inputs]
-        sub = spec.model_copy(update={"parents": None})
-        if isinstance(spec, GPModel):
-            sub = sub.model_copy(update={"kernel": restrict_kernel(spec.kernel, names, list(feature_names))})
-        posteriors.append(fit(
-            sub, Data(data.x[:, jnp.asarray(f.inputs)], data.y[:, jnp.asarray(f.outputs)]),
-            key=jax.random.fold_in(key, i), feature_names=names,
-            feature_ranges=None if feature_ranges is None else [feature_ranges[c] for c in f.inputs],
-            output_names=[f"delta_{output_names[o]}" for o in f.outputs], **kwargs))
+    parts = list(factor_parts(spec, data, key=key, feature_names=feature_names, feature_ranges=feature_ranges,
+                              output_names=output_names, num_action_columns=num_action_columns))
+    posteriors = [fit(sub, part, key=k, feature_names=names, feature_ranges=ranges,
+                      output_names=[f"delta_{output_names[o]}" for o in f.outputs], **kwargs)
+                  for f, sub, part, names, ranges, k in parts]
+    factors = [f for f, *_ in parts]
     return FactoredPosterior(factors, posteriors, input_dim=len(feature_names), output_names=output_names)

@@ -137,20 +137,12 @@ def _bnn_groups(spec: BNNModel, data: Data, key: Any, role: str, names: list[str
 
 def _factored(spec: GPModel | BNNModel, data: Data, *, key: Any, role: str, feature_names: Sequence[str],
               feature_ranges: Any, output_names: Sequence[str], num_action_columns: int, draws: int) -> Any:
-    from priorguard.models.factored import factor_groups, factored_datatree, restrict_kernel
+    from priorguard.models.factored import factor_parts, factored_datatree
 
     plain = [n.removeprefix("delta_") for n in output_names]
-    n_feat = len(feature_names) - num_action_columns
-    factors = factor_groups(spec.parents, plain, list(feature_names)[:n_feat], num_action_columns)
-    trees = []
-    for i, f in enumerate(factors):
-        names = [feature_names[c] for c in f.inputs]
-        sub = spec.model_copy(update={"parents": None})
-        if isinstance(spec, GPModel):
-            sub = sub.model_copy(update={"kernel": restrict_kernel(spec.kernel, names, list(feature_names))})
-        trees.append(prior_tree(
-            sub, Data(data.x[:, np.asarray(f.inputs)], data.y[:, np.asarray(f.outputs)]),
-            key=jax.random.fold_in(key, i), role=role, feature_names=names,
-            feature_ranges=None if feature_ranges is None else [feature_ranges[c] for c in f.inputs],
-            output_names=[output_names[o] for o in f.outputs], draws=draws))
-    return factored_datatree(factors, trees)
+    parts = list(factor_parts(spec, data, key=key, feature_names=feature_names, feature_ranges=feature_ranges,
+                              output_names=plain, num_action_columns=num_action_columns))
+    trees = [prior_tree(sub, part, key=k, role=role, feature_names=names, feature_ranges=ranges,
+                        output_names=[output_names[o] for o in f.outputs], draws=draws)
+             for f, sub, part, names, ranges, k in parts]
+    return factored_datatree([f for f, *_ in parts], trees)

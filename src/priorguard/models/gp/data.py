@@ -188,8 +188,8 @@ class GroupedTargets(NamedTuple):
 GROUP_FRACTION = 0.75
 
 
-def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray, *,
-                          always: bool = False) -> tuple[np.ndarray, GroupedTargets] | None:
+def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray, *, always: bool = False,
+                          return_inverse: bool = False) -> Any:
     """The data as unique inputs and :class:`GroupedTargets`, or None when grouping does not pay.
 
     The unique inputs are padded (with copies of the first, ``counts = 0``) to a
@@ -202,9 +202,11 @@ def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray, *,
         x: ``[N, D]`` model inputs.
         y: ``[N, O]`` model targets.
         always: group even when it does not pay (for scores per unique input).
+        return_inverse: also return each row's unique input.
 
     Returns:
-        ``(x_unique [U', D], GroupedTargets with [U'] counts and [U', O] mean and scatter)``.
+        ``(x_unique [U', D], GroupedTargets with [U'] counts and [U', O] mean and scatter)``,
+        with ``[N]`` row -> unique-input indices last where ``return_inverse``.
     """
     if program.kernel.has_white():
         return None
@@ -222,6 +224,8 @@ def group_repeated_inputs(program: GPProgram, x: np.ndarray, y: np.ndarray, *,
     scatter = np.zeros_like(sums)
     np.add.at(scatter, inverse, (y - mean[inverse]) ** 2)
     x_unique = np.concatenate([uniq, np.repeat(uniq[:1], size - u, axis=0)])
+    if return_inverse:
+        return x_unique, GroupedTargets(n, mean, scatter), inverse
     return x_unique, GroupedTargets(n, mean, scatter)
 
 

@@ -21,7 +21,7 @@ from priorguard.models.gp.linalg import cholesky_with_jitter, map_unbatched
 from priorguard.models.gp.objective import grouped_system
 from priorguard.models.gp.state import ExactGPState, flat_draws
 
-__all__ = ["exact_loo", "leave_one_state_out", "loo_density", "loo_from_theta", "loo_replicates"]
+__all__ = ["leave_one_state_out", "loo_density", "loo_from_theta", "loo_replicates"]
 
 
 def _exact_loo_one(chol: Array, alpha: Array) -> tuple[Array, Array]:
@@ -37,16 +37,6 @@ def _loo_log_density(resid: Array, var: Array, y_scale: Array, per_output: bool 
     ys = y_scale[:, None]
     dens = -0.5 * (jnp.log(2 * jnp.pi * var * ys**2) + resid**2 / var)
     return jnp.swapaxes(dens, -1, -2) if per_output else jnp.sum(dens, axis=-2)
-
-
-@functools.partial(jax.jit, static_argnames="per_output")
-def exact_loo(state: ExactGPState, per_output: bool = False) -> Array:
-    """Exact leave-one-out ``log p(y_i | y_-i, theta_s)`` ``[S, N]`` (``per_output``: ``[S, N, O]``)
-    from the stored factors (raw units)."""
-    count_trace("gp/loo")
-    s, o, n = state.alpha.shape
-    resid, var = map_unbatched(_exact_loo_one, state.chol.reshape(s * o, n, n), state.alpha.reshape(s * o, n))
-    return _loo_log_density(resid.reshape(s, o, n), var.reshape(s, o, n), state.y_scale, per_output)
 
 
 def loo_density(resid: Any, var: Any, y_scale: Any) -> np.ndarray:
@@ -80,11 +70,10 @@ def loo_from_theta(program: GPProgram, *, per_output: bool = False, moments: boo
 
     def call(theta: Mapping[str, Array], x: Any, y: Any, y_scale: Any) -> Any:
         x_np, y_np = np.asarray(x), np.asarray(y)
-        groups = group_repeated_inputs(program, x_np, y_np)
+        groups = group_repeated_inputs(program, x_np, y_np, return_inverse=True)
         if groups is None:
             return full(dict(theta), x, y, y_scale)
-        xu, g = groups
-        inverse = np.unique(x_np, axis=0, return_inverse=True)[1].reshape(-1)  # the rows' groups, as grouped
+        xu, g, inverse = groups
         return grouped(dict(theta), (jnp.asarray(xu), jnp.asarray(g.counts), jnp.asarray(g.mean),
                                      jnp.asarray(inverse)), jnp.asarray(y_np), y_scale)
 

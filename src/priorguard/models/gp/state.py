@@ -105,14 +105,13 @@ def condition(program: GPProgram, theta: Mapping[str, Array], prep: Prepared, *,
         GPNumericalError: the matrix stayed indefinite at the largest jitter.
     """
     x_rows, y_rows = np.asarray(prep.x), np.asarray(prep.y)
-    groups = group_repeated_inputs(program, x_rows, y_rows)
+    groups = group_repeated_inputs(program, x_rows, y_rows, return_inverse=True)
     if groups is None:
         basis, counts, inverse = x_rows, np.ones(len(x_rows)), np.arange(len(x_rows))
         chol, alpha, jitter = _conditioner(program)(dict(theta), jnp.asarray(x_rows), jnp.asarray(y_rows))
     else:
-        basis, g = groups
+        basis, g, inverse = groups
         counts = np.asarray(g.counts)
-        inverse = np.unique(x_rows, axis=0, return_inverse=True)[1].reshape(-1)  # the rows' groups, as grouped
         chol, alpha, jitter = _conditioner(program, grouped=True)(
             dict(theta), (jnp.asarray(basis), jnp.asarray(counts)), jnp.asarray(g.mean))
     diag_ok = np.asarray(jnp.all(jnp.isfinite(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1))
