@@ -37,9 +37,10 @@ def test_shipped_experiment_runs_end_to_end(name, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     folder, m = metrics_of(tmp_path)
     for key in ("regret", "catastrophe_rate", "veto_rate", "train_false_veto_rate", "terminal_coverage90_train",
-                "terminal_epistemic_auroc", "oracle_return", "proposal_alone_regret", "checked_regret", "audit_alone_rate", "audit_alone_upper"):
+                "terminal_epistemic_auroc", "oracle_return", "proposal_alone_regret", "checked_regret", "audit_alone_rate", "audit_alone_upper", "train_return"):
         assert key in m
-    assert 0.0 <= m["catastrophe_rate"] <= 1.0
+    assert ("train_regret" in m) == (m["oracle_return"] is not None)  # the planner on the train split
+    assert 0.0 <= m["catastrophe_rate"] <= 1.0 and 0.0 <= m["train_catastrophe_rate"] <= 1.0
     # deploy episodes split by whether their start lies in the range of T's training inputs
     frac = m["deploy_in_range_fraction"]
     assert 0.0 <= frac <= 1.0

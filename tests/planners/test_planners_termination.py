@@ -167,3 +167,87 @@ def test_termination_data_labels_each_seen_state_by_whether_its_episode_ended_th
     states, ended = termination_data(data)
     np.testing.assert_array_equal(states[:, 0], [0.0, 10.0, 1.0, 2.0, 11.0])
     np.testing.assert_array_equal(ended, [0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def _true_pendulum_models(with_termination: bool) -> PlanningModels:
+    """ShiftedPendulum's own dynamics, value and catastrophe as (two identical) function draws."""
+    from priorguard.envs.shifted_pendulum import _GRAVITY_TERM, COST_MAX, DT, MAX_SPEED
+
+    half_width = 0.25
+
+    def wrap(a):
+        return (a + jnp.pi) % (2 * jnp.pi) - jnp.pi
+
+    def world(p, x):  # [cos, sin, theta_dot, theta, centre, dtheta, torque] -> change of the six features
+        theta, dot, centre, torque = x[:, 3], x[:, 2], x[:, 4], jnp.clip(x[:, 6], -2.0, 2.0)
+        new_dot = jnp.clip(dot + (_GRAVITY_TERM * jnp.sin(theta) + 3.0 * torque) * DT, -MAX_SPEED, MAX_SPEED)
+        new = wrap(theta + new_dot * DT)
+        after = jnp.stack([jnp.cos(new), jnp.sin(new), new_dot, new, centre, wrap(new - centre)], axis=1)
+        return after - x[:, :6] + 0.0 * p["w"]
+
+    def inside(theta, centre):
+        return jnp.abs(wrap(theta - centre)) < half_width
+
+    def value(p, x):  # [theta, theta_dot, centre]
+        v = 1.0 - (x[:, 0] ** 2 + 0.1 * x[:, 1] ** 2) / COST_MAX
+        return jnp.where(inside(x[:, 0], x[:, 2]), -10.0, v)[:, None] + 0.0 * p["w"]
+
+    def ends(p, x):  # [theta, centre]
+        return inside(x[:, 0], x[:, 1]).astype(x.dtype)[:, None] + 0.0 * p["w"]
+
+    def draws(fn):
+        return FunctionDraws({"w": jnp.zeros((2, 1))}, fn)
+
+    extra = {"termination": draws(ends), "termination_columns": (3, 4)} if with_termination else {}
+    return PlanningModels(world=draws(world), terminal=draws(value), terminal_columns=(3, 2, 4),
+                          action_low=-2.0 * jnp.ones(1), action_high=2.0 * jnp.ones(1), **extra)
+
+
+def _pendulum_episodes(policy, episodes: int = 4) -> tuple[np.ndarray, int]:
+    """``policy(obs, t, episode) -> torque [1]`` on ShiftedPendulum's train split: returns, catastrophes."""
+    import gymnasium
+
+    import priorguard.envs  # noqa: F401  (registers the environments)
+
+    env = gymnasium.make("priorguard/ShiftedPendulum-v0", split="train").unwrapped
+    returns, crashes = [], 0
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=100 + ep)
+        total = 0.0
+        for t in range(200):
+            action = np.asarray(policy(obs, t, ep), np.float32)
+            obs, reward, terminated, _, _ = env.step(action)
+            total += reward
+            if terminated:
+                crashes += 1
+                break
+        returns.append(total)
+    return np.asarray(returns), crashes
+
+
+def _cem_episodes(models: PlanningModels) -> tuple[np.ndarray, int]:
+    from priorguard.planners import plan_cem
+
+    act = eqx.filter_jit(lambda m, key, obs: plan_cem(m, key, obs, horizon=16, fallback_action=jnp.zeros(1),
+                                                      num_samples=32, num_elites=4, num_iterations=3).action)
+    return _pendulum_episodes(
+        lambda obs, t, ep: act(models, jax.random.key(1000 * ep + t), jnp.asarray(obs, jnp.float64)[None])[0])
+
+
+def test_cem_with_perfect_models_swings_through_the_arc_unless_it_knows_the_episode_ends_there():
+    # ShiftedPendulum's arc is worth -10 and ends the episode. Without D, an imagined rollout
+    # through the arc pays -10 a step there and then collects the upright value: with the true
+    # dynamics and the true value, CEM still swings through it. With the true D it never does,
+    # and reaches most of the oracle's return (docs/anatomy.md, "pendulum").
+    from priorguard.envs.shifted_pendulum import ShiftedPendulumDynamics, shifted_pendulum_policies
+
+    rng = np.random.default_rng(0)
+    oracle_policy = shifted_pendulum_policies(ShiftedPendulumDynamics(split="train"))["oracle"]
+    oracle, _ = _pendulum_episodes(lambda obs, t, ep: oracle_policy(obs, rng))
+    returns, crashes = _cem_episodes(_true_pendulum_models(with_termination=False))
+    returns_d, crashes_d = _cem_episodes(_true_pendulum_models(with_termination=True))
+    print(f"oracle {oracle.round(1)}; CEM without D {returns.round(1)} ({crashes} in the arc); "
+          f"with D {returns_d.round(1)} ({crashes_d} in the arc)")
+    assert crashes >= 1
+    assert crashes_d == 0
+    assert returns_d.mean() >= 0.8 * oracle.mean() and returns_d.mean() > returns.mean()

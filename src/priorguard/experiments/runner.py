@@ -156,10 +156,12 @@ class Runner:
         ctx.progress("plan on train split")
         # as many episodes as on deploy: the same batch shape, so the planner compiled above is reused
         train = evaluate(env, "train", episodes, keys["train"], act, abstain_on_repeat=abstain)
+        train_oracle = (evaluate(env, "train", episodes, keys["train"], policy_actor(env, "oracle", keys["alone"]))
+                        if oracle is not None else None)
 
         ctx.progress("score")
         metrics = score(ctx, posteriors, cal_data, train_states, deploy, deploy_nv, alone, oracle, train,
-                        checked=checked)
+                        checked=checked, train_oracle=train_oracle)
         if spec.instrumental is not None:
             metrics.update(instrumental_scores(ctx, posteriors["instrumental"], proposal, proposal_params,
                                                {"train": train, "deploy": deploy},

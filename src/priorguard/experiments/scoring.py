@@ -23,7 +23,8 @@ from priorguard.models.roles import role_inputs
 
 def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, train_states: np.ndarray,
           deploy: dict[str, Any], deploy_nv: dict[str, Any], alone: dict[str, Any], oracle: dict[str, Any] | None,
-          train: dict[str, Any], *, checked: dict[str, Any] | None = None) -> dict[str, Any]:
+          train: dict[str, Any], *, checked: dict[str, Any] | None = None,
+          train_oracle: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every metric of a run but I's calibration, the veto threshold and the audit.
 
     Args:
@@ -33,8 +34,10 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
         deploy, deploy_nv, alone, oracle: deploy-split evaluations (same episodes) of the
             planner, the planner without vetoes, A alone and the oracle (None where the
             source has no oracle: every regret is then null, with ``regret_na`` saying why).
-        train: the planner's train-split evaluation (false vetoes).
+        train: the planner's train-split evaluation (false vetoes, and how it acts where T's
+            data came from).
         checked: the deploy-split evaluation of A checked (A's draw unless vetoed), if run.
+        train_oracle: the oracle on the train-split episodes of ``train`` (same key), if any.
     """
     m: dict[str, Any] = {}
     best = float(np.mean(oracle["returns"])) if oracle is not None else None
@@ -56,6 +59,13 @@ def score(ctx: RunContext, posteriors: dict[str, Posterior], cal: Transitions, t
     m["oracle_catastrophe_rate"] = float(np.mean(oracle["catastrophes"])) if oracle is not None else None
     if oracle is None:
         m["regret_na"] = ctx.source.unavailable.get("oracle", "no oracle policy")
+    # the planner where its models were fitted: a planner that fails here fails for want of
+    # data or search, not for a prior that generalised the wrong way
+    m["train_return"] = float(np.mean(train["returns"]))
+    m["train_catastrophe_rate"] = float(np.mean(train["catastrophes"]))
+    if train_oracle is not None:
+        m["train_oracle_return"] = float(np.mean(train_oracle["returns"]))
+        m["train_regret"] = subset_regret(train["returns"], train_oracle["returns"], np.ones(len(train["returns"]), bool))
     arms = {"": deploy, "no_veto_": deploy_nv, "proposal_alone_": alone}
     if checked is not None:
         arms["checked_"] = checked
