@@ -170,7 +170,11 @@ def test_termination_data_labels_each_seen_state_by_whether_its_episode_ended_th
 
 
 def _true_pendulum_models(with_termination: bool) -> PlanningModels:
-    """ShiftedPendulum's own dynamics, value and catastrophe as (two identical) function draws."""
+    """ShiftedPendulum's value and catastrophe, and its swing, as (two identical) function draws.
+
+    The swing goes on through the arc, as a W fitted to the logged episodes predicts (none of
+    them goes on from inside the arc); the environment itself holds a state that entered it.
+    """
     from priorguard.envs.shifted_pendulum import _GRAVITY_TERM, COST_MAX, DT, MAX_SPEED
 
     half_width = 0.25
@@ -237,7 +241,8 @@ def _cem_episodes(models: PlanningModels) -> tuple[np.ndarray, int]:
 def test_cem_with_perfect_models_swings_through_the_arc_unless_it_knows_the_episode_ends_there():
     # ShiftedPendulum's arc is worth -10 and ends the episode. Without D, an imagined rollout
     # through the arc pays -10 a step there and then collects the upright value: with the true
-    # dynamics and the true value, CEM still swings through it. With the true D it never does,
+    # swing (going on through the arc, as a fitted W has it) and the true value, CEM still swings
+    # through it. With the true D it never does,
     # and reaches most of the oracle's return (docs/anatomy.md, "pendulum").
     from priorguard.envs.shifted_pendulum import ShiftedPendulumDynamics, shifted_pendulum_policies
 
